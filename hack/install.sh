@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Bring a bare Debian 12 (bookworm) machine to everything cntrlive-runtime's
+# tests, demo and benchmarks need. Idempotent: every step checks first and is
+# skipped when its result is already there, so a second run takes seconds.
+#
+#   hack/install.sh            everything
+#   SKIP_VM_TOOLING=1 hack/install.sh   without qemu/kernel/virtme-ng
+#
+# What and why (see docs/environment.md):
+#   - CRIU 4.2.1 built from Debian's upstream tarball: bookworm's 3.17 fails
+#     `criu check` on this kernel, trixie's 4.1.1 cannot dump INET sockets on
+#     kernels >= 6.16.
+#   - iptables (CRIU's default network lock), containerd, docker.io, runc (the
+#     peer we compare against), busybox-static (the test rootfs).
+#   - qemu-system-x86 + linux-image-amd64 (6.1, soft-dirty) + virtme-ng for
+#     pre-dump tests on a second kernel.
+#   - the Rust build of cntrlive-runtime itself.
+set -euo pipefail
+
+CRIU_VERSION=4.2.1
+PREFIX=${CNTRLIVE_PREFIX:-/opt/cntrlive}
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+need_root() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "hack/install.sh must run as root (it installs packages and builds CRIU)" >&2
+		exit 1
+	fi
+}
+
+APT_UPDATED=0
+apt_update_once() {
+	if [ "$APT_UPDATED" = 0 ]; then
+		log "apt-get update"
+		apt-get update -qq
+		APT_UPDATED=1
+	fi
+}
+
+# Install the Debian packages that are not installed yet.
+apt_install() {
+	local missing=()
+	local p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		apt_update_once
+		log "apt-get install ${missing[*]}"
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+}
+
+install_packages() {
+	apt_install ca-certificates xz-utils dpkg-dev build-essential pkg-config \
+		libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
+		libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev \
+		libaio-dev libnftables-dev uuid-dev libseccomp-dev libdrm-dev \
+		file iptables iproute2 procps psmisc util-linux kmod \
+		containerd runc docker.io busybox-static jq hyperfine
+}
+
+install_criu() {
+	if command -v criu >/dev/null 2>&1 && criu --version 2>/dev/null | grep -q "Version: ${CRIU_VERSION}\$"; then
+		return
+	fi
+	local src=$PREFIX/src
+	mkdir -p "$src"
+	local tarball=$src/criu_${CRIU_VERSION}.orig.tar.xz
+	if [ ! -s "$tarball" ]; then
+		# Debian serves the upstream tarball of sid's criu through deb-src;
+		# the .debian.tar.xz part is not served here, so apt fails after
+		# fetching (and hash-checking) the orig tarball: we only need that.
+		local list=/etc/apt/sources.list.d/cntrlive-sid-src.sources
+		if [ ! -f "$list" ]; then
+			cat >"$list" <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+			APT_UPDATED=0
+		fi
+		apt_update_once
+		log "fetching criu ${CRIU_VERSION} source"
+		(cd "$src" && apt-get source --download-only "criu=${CRIU_VERSION}-1" >/dev/null 2>&1) || true
+		if [ ! -s "$tarball" ]; then
+			echo "could not fetch $tarball from Debian's sid deb-src (is deb.debian.org reachable?)" >&2
+			exit 1
+		fi
+	fi
+	log "building criu ${CRIU_VERSION}"
+	rm -rf "$src/criu-${CRIU_VERSION}"
+	tar -C "$src" -xf "$tarball"
+	make -C "$src/criu-${CRIU_VERSION}" -j"$(nproc)" criu >"$src/criu-build.log" 2>&1 || {
+		tail -30 "$src/criu-build.log" >&2
+		echo "criu build failed; full log: $src/criu-build.log" >&2
+		exit 1
+	}
+	install -m 0755 "$src/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
+	hash -r
+	log "installed $(criu --version | head -1) at /usr/local/sbin/criu"
+}
+
+install_vm_tooling() {
+	[ "${SKIP_VM_TOOLING:-0}" = 1 ] && return
+	apt_install qemu-system-x86 linux-image-amd64
+	if [ ! -x "$PREFIX/venv/bin/vng" ]; then
+		log "installing virtme-ng from PyPI into $PREFIX/venv"
+		python3 -m venv "$PREFIX/venv"
+		"$PREFIX/venv/bin/pip" install -q virtme-ng
+	fi
+	ln -sf "$PREFIX/venv/bin/vng" /usr/local/bin/vng
+}
+
+# A busybox root filesystem (the test image), built from busybox-static.
+install_rootfs() {
+	local rootfs=$PREFIX/rootfs/busybox
+	if [ -x "$rootfs/bin/busybox" ] && [ -e "$rootfs/bin/sh" ]; then
+		return
+	fi
+	log "building busybox rootfs at $rootfs"
+	rm -rf "$rootfs"
+	mkdir -p "$rootfs"/{bin,sbin,dev,proc,sys,tmp,etc,root,var,run,usr/bin,usr/sbin}
+	# busybox-static's binary: the rootfs has no libc. (Debian's dynamic
+	# `busybox` package conflicts with busybox-static; never install it.)
+	if ! file -L /bin/busybox | grep -q 'statically linked'; then
+		echo "/bin/busybox is not statically linked: install busybox-static" >&2
+		exit 1
+	fi
+	cp /bin/busybox "$rootfs/bin/busybox"
+	local applet
+	for applet in $("$rootfs/bin/busybox" --list); do
+		[ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+	done
+	echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+	echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >>"$rootfs/etc/passwd"
+	echo 'root:x:0:' >"$rootfs/etc/group"
+	echo 'nogroup:x:65534:' >>"$rootfs/etc/group"
+	chmod 1777 "$rootfs/tmp"
+}
+
+build_runtime() {
+	[ "${SKIP_BUILD:-0}" = 1 ] && return
+	log "cargo build --release"
+	(cd "$TOP" && cargo build --release --quiet)
+}
+
+sysctls() {
+	# CRIU's lazy page server sizes its pipe above the 1 MiB default.
+	local cur
+	cur=$(cat /proc/sys/fs/pipe-max-size)
+	if [ "$cur" -lt 8388608 ]; then
+		echo 8388608 >/proc/sys/fs/pipe-max-size || true
+	fi
+}
+
+main() {
+	need_root
+	install_packages
+	install_criu
+	install_rootfs
+	install_vm_tooling
+	sysctls
+	build_runtime
+	log "done"
+}
+
+main "$@"

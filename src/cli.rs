@@ -1,0 +1,535 @@
+//! Command-line definitions: clap structs only, no behaviour.
+//!
+//! Flag names, short forms and defaults follow runc 1.1 (`main.go` and one
+//! file per command) so that containerd, dockerd and people's scripts can use
+//! `cntrlive-runtime` wherever they use runc. Handlers live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default state directory, the analogue of runc's `/run/runc`.
+pub const DEFAULT_ROOT: &str = "/run/cntrlive";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cntrlive-runtime",
+    about = "A runc-compatible OCI runtime built for checkpoint/restore and live migration",
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// Enable debug logging
+    #[arg(long, global = true)]
+    pub debug: bool,
+
+    /// Set the log file to write runtime logs to (default is stderr)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log: Option<PathBuf>,
+
+    /// Set the log format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Root directory for storage of container state (should be on tmpfs)
+    #[arg(long, global = true, default_value = DEFAULT_ROOT, value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Path to the criu binary used for checkpoint and restore
+    #[arg(long, global = true, default_value = "criu", value_name = "PATH")]
+    pub criu: PathBuf,
+
+    /// Enable systemd cgroup support (cgroupsPath is "slice:prefix:name")
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+
+    /// Ignore cgroup permission errors ("true", "false", or "auto")
+    #[arg(long, global = true, default_value = "auto", value_name = "VALUE")]
+    pub rootless: String,
+
+    /// Print the version
+    #[arg(short = 'v', long)]
+    pub version: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container
+    Create(CreateArgs),
+    /// Execute the user-defined process in a created container
+    Start(IdArg),
+    /// Create and run a container
+    Run(RunArgs),
+    /// Output the state of a container
+    State(IdArg),
+    /// List containers started by cntrlive-runtime with the given root
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Kill sends the specified signal (default: SIGTERM) to the container's init process
+    Kill(KillArgs),
+    /// Delete any resources held by the container, often used with detached containers
+    Delete(DeleteArgs),
+    /// Execute new process inside the container
+    Exec(ExecArgs),
+    /// Display the processes running inside a container
+    Ps(PsArgs),
+    /// Pause suspends all processes inside the container
+    Pause(IdArg),
+    /// Resume all processes that have been previously paused
+    Resume(IdArg),
+    /// Display container events such as OOM notifications, cpu, memory, and IO usage statistics
+    Events(EventsArgs),
+    /// Update container resource constraints
+    Update(UpdateArgs),
+    /// Create a new specification file
+    Spec(SpecArgs),
+    /// Show the enabled features
+    Features,
+    /// Checkpoint a running container
+    Checkpoint(CheckpointArgs),
+    /// Restore a container from a previous checkpoint
+    Restore(RestoreArgs),
+}
+
+/// A command whose only argument is the container ID.
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// The container ID
+    pub container_id: String,
+}
+
+/// Flags shared by `create` and `run` (runc's `create.go`/`run.go`).
+#[derive(Args, Debug, Clone)]
+pub struct CreateFlags {
+    /// Path to the root of the bundle directory, defaults to the current directory
+    #[arg(short = 'b', long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+
+    /// Path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+
+    /// Specify the file to write the process id to
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Do not use pivot root to jail process inside rootfs
+    #[arg(long)]
+    pub no_pivot: bool,
+
+    /// Do not create a new session keyring for the container
+    #[arg(long)]
+    pub no_new_keyring: bool,
+
+    /// Pass N additional file descriptors to the container (stdio + $LISTEN_FDS + N in total)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub flags: CreateFlags,
+    /// The container ID
+    pub container_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: CreateFlags,
+
+    /// Detach from the container's process
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+
+    /// Do not delete the container after it exits
+    #[arg(long)]
+    pub keep: bool,
+
+    /// The container ID
+    pub container_id: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Select one of: table or json
+    #[arg(short = 'f', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// Display only container IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Send the specified signal to all processes inside the container
+    #[arg(short = 'a', long)]
+    pub all: bool,
+
+    /// The container ID
+    pub container_id: String,
+
+    /// Signal name (KILL, SIGKILL) or number; default SIGTERM
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Forcibly delete the container if it is still running (uses SIGKILL)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+
+    /// The container ID
+    pub container_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+
+    /// Current working directory in the container
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Set environment variables (KEY=VALUE), may be repeated
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// UID (format: <uid>[:<gid>])
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+
+    /// Additional gids, may be repeated
+    #[arg(short = 'g', long = "additional-gids", value_name = "GID")]
+    pub additional_gids: Vec<u32>,
+
+    /// Path to the process.json
+    #[arg(short = 'p', long, value_name = "PATH")]
+    pub process: Option<PathBuf>,
+
+    /// Detach from the container's process
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+
+    /// Specify the file to write the process id to
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Set the asm process label for the process commonly used with selinux
+    #[arg(long, value_name = "LABEL")]
+    pub process_label: Option<String>,
+
+    /// Set the apparmor profile for the process
+    #[arg(long, value_name = "PROFILE")]
+    pub apparmor: Option<String>,
+
+    /// Set the no new privileges value for the process
+    #[arg(long)]
+    pub no_new_privs: bool,
+
+    /// Add a capability to the bounding set for the process, may be repeated
+    #[arg(short = 'c', long = "cap", value_name = "CAP")]
+    pub cap: Vec<String>,
+
+    /// Pass N additional file descriptors to the process
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+
+    /// Run the process in a (sub-)cgroup
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Allow exec in a paused container
+    #[arg(long)]
+    pub ignore_paused: bool,
+
+    /// The container ID
+    pub container_id: String,
+
+    /// The command to run and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Select one of: table or json
+    #[arg(short = 'f', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// The container ID
+    pub container_id: String,
+
+    /// Options passed to ps(1) for the table format (default: -ef)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_options: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Set the stats collection interval (Go duration such as 5s, 500ms)
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub interval: String,
+
+    /// Display the container's stats then exit
+    #[arg(long)]
+    pub stats: bool,
+
+    /// The container ID
+    pub container_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Path to a file containing the resources to update, or "-" to read from stdin
+    #[arg(short = 'r', long, value_name = "PATH")]
+    pub resources: Option<PathBuf>,
+
+    /// Specifies per cgroup weight, range is from 10 to 1000
+    #[arg(long, value_name = "N")]
+    pub blkio_weight: Option<u16>,
+    /// CPU CFS period to be used for hardcapping (in usecs)
+    #[arg(long, value_name = "N")]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS hardcap limit (in usecs). Allowed cpu time in a given period
+    #[arg(long, value_name = "N")]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight vs. other containers)
+    #[arg(long, value_name = "N")]
+    pub cpu_share: Option<u64>,
+    /// CPU realtime period to be used for hardcapping (in usecs)
+    #[arg(long, value_name = "N")]
+    pub cpu_rt_period: Option<u64>,
+    /// CPU realtime hardcap limit (in usecs)
+    #[arg(long, value_name = "N")]
+    pub cpu_rt_runtime: Option<i64>,
+    /// CPU(s) to use
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory node(s) to use
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit (in bytes, or with a k/m/g suffix)
+    #[arg(long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// Memory reservation or soft_limit (in bytes)
+    #[arg(long, value_name = "BYTES")]
+    pub memory_reservation: Option<String>,
+    /// Total memory usage (memory + swap); set '-1' to enable unlimited swap
+    #[arg(long, value_name = "BYTES")]
+    pub memory_swap: Option<String>,
+    /// Maximum number of pids allowed in the container
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// The string of Intel RDT/CAT L3 cache schema
+    #[arg(long, value_name = "SCHEMA")]
+    pub l3_cache_schema: Option<String>,
+    /// The string of Intel RDT/MBA memory bandwidth schema
+    #[arg(long, value_name = "SCHEMA")]
+    pub mem_bw_schema: Option<String>,
+
+    /// The container ID
+    pub container_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SpecArgs {
+    /// Path to the root of the bundle directory
+    #[arg(short = 'b', long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+
+    /// Generate a configuration for a rootless container
+    #[arg(long)]
+    pub rootless: bool,
+}
+
+/// `checkpoint` flags, named as runc's `checkpoint.go`.
+#[derive(Args, Debug)]
+pub struct CheckpointArgs {
+    /// Path for saving criu image files
+    #[arg(long, value_name = "DIR")]
+    pub image_path: Option<PathBuf>,
+    /// Path for saving work files and logs
+    #[arg(long, value_name = "DIR")]
+    pub work_path: Option<PathBuf>,
+    /// Path for previous criu image files in pre-dump (relative to the image path)
+    #[arg(long, value_name = "DIR")]
+    pub parent_path: Option<PathBuf>,
+    /// Leave the process running after checkpointing
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Allow open tcp connections
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Skip in-flight tcp connections
+    #[arg(long)]
+    pub tcp_skip_in_flight: bool,
+    /// Allow one to link unlinked files back when possible
+    #[arg(long)]
+    pub link_remap: bool,
+    /// Allow external unix sockets
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Use userfaultfd to lazily restore memory pages
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// CRIU writes \0 to this FD once lazy-pages is ready
+    #[arg(long, value_name = "FD")]
+    pub status_fd: Option<i32>,
+    /// ADDRESS:PORT of the page server
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub page_server: Option<String>,
+    /// Handle file locks, for safety
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Dump the container's memory information only, leave the container running after this
+    #[arg(long)]
+    pub pre_dump: bool,
+    /// Cgroups mode: soft|full|strict|ignore (default: soft)
+    #[arg(long, value_name = "MODE")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Create a namespace, but don't restore its properties
+    #[arg(long, value_name = "NS")]
+    pub empty_ns: Vec<String>,
+    /// Enable auto deduplication of memory images
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// The container ID
+    pub container_id: String,
+}
+
+/// `restore` flags, named as runc's `restore.go`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Path to criu image files for restoring
+    #[arg(long, value_name = "DIR")]
+    pub image_path: Option<PathBuf>,
+    /// Path for saving work files and logs
+    #[arg(long, value_name = "DIR")]
+    pub work_path: Option<PathBuf>,
+    /// Path for previous criu image files (accepted as containerd may send it)
+    #[arg(long, value_name = "DIR")]
+    pub parent_path: Option<PathBuf>,
+    /// Allow open tcp connections
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Handle file locks, for safety
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Cgroups mode: soft|full|strict|ignore (default: soft)
+    #[arg(long, value_name = "MODE")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Path to the root of the bundle directory
+    #[arg(short = 'b', long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// Detach from the container's process
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Specify the file to write the process id to
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Disable the use of the subreaper used to reap reparented processes
+    #[arg(long)]
+    pub no_subreaper: bool,
+    /// Do not use pivot root to jail process inside rootfs
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Create a namespace, but don't restore its properties
+    #[arg(long, value_name = "NS")]
+    pub empty_ns: Vec<String>,
+    /// Enable auto deduplication of memory images
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// Use userfaultfd to lazily restore memory pages
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// Specify an LSM profile to be used during restore
+    #[arg(long, value_name = "PROFILE")]
+    pub lsm_profile: Option<String>,
+    /// Specify an LSM mount context to be used during restore
+    #[arg(long, value_name = "CONTEXT")]
+    pub lsm_mount_context: Option<String>,
+    /// The container ID
+    pub container_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent_ok() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_trailing_args_keep_their_dashes_ok() {
+        let cli = Cli::try_parse_from(["x", "exec", "-t", "c1", "ls", "-la", "--all"]).unwrap();
+        match cli.command {
+            Some(Command::Exec(a)) => {
+                assert!(a.tty);
+                assert_eq!(a.container_id, "c1");
+                assert_eq!(a.command, ["ls", "-la", "--all"]);
+            }
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kill_default_signal_is_sigterm_ok() {
+        let cli = Cli::try_parse_from(["x", "kill", "c1"]).unwrap();
+        match cli.command {
+            Some(Command::Kill(k)) => assert_eq!(k.signal, "SIGTERM"),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_log_format_ng() {
+        assert!(Cli::try_parse_from(["x", "--log-format", "xml", "list"]).is_err());
+    }
+}

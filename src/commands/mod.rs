@@ -1,0 +1,64 @@
+//! One handler per subcommand: `fn NAME(args, &Ctx) -> Result<…>`.
+//! Handlers turn validated CLI arguments into library calls; they never parse
+//! flags themselves (that is `cli.rs`) and never print logs directly.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use libcgroups::common::{AnyCgroupManager, CgroupConfig};
+use libcontainer::container::Container;
+
+use crate::cli::GlobalOpts;
+use crate::store::Store;
+
+pub mod checkpoint;
+pub mod create;
+pub mod delete;
+pub mod events;
+pub mod exec;
+pub mod features;
+pub mod foreground;
+pub mod kill;
+pub mod lifecycle;
+pub mod list;
+pub mod ps;
+pub mod spec;
+pub mod state;
+pub mod update;
+
+/// What every handler gets: the state store and the global flags.
+pub struct Ctx {
+    pub store: Store,
+    pub global: GlobalOpts,
+}
+
+impl Ctx {
+    pub fn new(global: GlobalOpts) -> Self {
+        Ctx { store: Store::new(global.root.clone()), global }
+    }
+
+    /// Create the state root (0711, as runc) if it is missing.
+    pub fn ensure_root(&self) -> Result<PathBuf> {
+        let root = self.store.root();
+        if !root.exists() {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("failed to create the state root {}", root.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711));
+        }
+        Ok(root.to_path_buf())
+    }
+}
+
+/// The cgroup manager of a loaded container.
+pub fn cgroup_manager(container: &Container) -> Result<AnyCgroupManager> {
+    let config = container
+        .spec()
+        .with_context(|| format!("failed to read the saved config of container \"{}\"", container.id()))?;
+    libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path: config.cgroup_path,
+        systemd_cgroup: container.systemd(),
+        container_name: container.id().to_string(),
+    })
+    .with_context(|| format!("failed to open the cgroup of container \"{}\"", container.id()))
+}

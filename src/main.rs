@@ -1,0 +1,107 @@
+//! cntrlive-runtime: a runc-compatible OCI runtime built for checkpoint,
+//! restore and live migration through CRIU.
+//!
+//! Flow of one call: argv → [`argv::normalize`] (Go-style `-flag`) → clap
+//! ([`cli`]) → logging set up as asked ([`logging`]) → one handler in
+//! [`commands`] → libcontainer / the state [`store`]. Every error comes back
+//! here and becomes one log line plus exit status 1, as runc's `fatal`.
+
+mod argv;
+mod bundle;
+mod cli;
+mod commands;
+mod logging;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use cli::{Cli, Command};
+
+
+fn version_text() -> String {
+    format!(
+        "cntrlive-runtime version {}\ncommit: {}\nspec: {}\nlibcontainer: 0.7.0\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CNTRLIVE_COMMIT"),
+        oci_spec::runtime::VERSION
+    )
+}
+
+/// Parse argv; usage errors exit 1 like runc (help and version exit 0).
+fn parse() -> Result<Cli, clap::Error> {
+    let command = Cli::command();
+    let args = argv::normalize(std::env::args_os().collect(), &command);
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// Run the handler; `Ok(code)` is the exit status of an attached process.
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let Some(command) = cli.command else {
+        // `--version` / `-v` without a subcommand.
+        print!("{}", version_text());
+        return Ok(0);
+    };
+    let ctx = commands::Ctx::new(cli.global);
+    use commands::*;
+    match command {
+        Command::Create(a) => create::create(a, &ctx).map(|_| 0),
+        Command::Run(a) => create::run(a, &ctx),
+        Command::Start(a) => lifecycle::start(a, &ctx).map(|_| 0),
+        Command::State(a) => state::state(a, &ctx).map(|_| 0),
+        Command::List(a) => list::list(a, &ctx).map(|_| 0),
+        Command::Kill(a) => kill::kill(a, &ctx).map(|_| 0),
+        Command::Delete(a) => delete::delete(a, &ctx).map(|_| 0),
+        Command::Exec(a) => exec::exec(a, &ctx),
+        Command::Ps(a) => ps::ps(a, &ctx).map(|_| 0),
+        Command::Pause(a) => lifecycle::pause(a, &ctx).map(|_| 0),
+        Command::Resume(a) => lifecycle::resume(a, &ctx).map(|_| 0),
+        Command::Events(a) => events::events(a, &ctx).map(|_| 0),
+        Command::Update(a) => update::update(a, &ctx).map(|_| 0),
+        Command::Spec(a) => spec::spec(a).map(|_| 0),
+        Command::Features => features::features().map(|_| 0),
+        Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
+        Command::Restore(a) => checkpoint::restore(a, &ctx).map(|_| 0),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            };
+        }
+    };
+    if cli.global.version {
+        print!("{}", version_text());
+        return ExitCode::SUCCESS;
+    }
+    let dest = match logging::init(cli.global.log.as_deref(), cli.global.log_format, cli.global.debug) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            // runc's fatal(): log the error; if logs go elsewhere, also tell
+            // the caller on stderr.
+            let msg = format!("{err:#}");
+            tracing::error!("{msg}");
+            if dest != logging::Destination::Stderr {
+                eprintln!("{msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
