@@ -370,7 +370,7 @@ pub struct SpecArgs {
     pub bundle: Option<PathBuf>,
 
     /// Generate a configuration for a rootless container
-    #[arg(long)]
+    #[arg(long = "rootless", id = "spec_rootless")]
     pub rootless: bool,
 }
 
@@ -525,6 +525,27 @@ mod tests {
         match cli.command {
             Some(Command::Kill(k)) => assert_eq!(k.signal, "SIGTERM"),
             other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_subcommand_parses_ok() {
+        // from_arg_matches panics on definition clashes (e.g. a subcommand
+        // flag shadowing a global one), which debug_assert does not catch.
+        for argv in [
+            &["x", "spec", "--rootless"][..],
+            &["x", "--rootless", "true", "spec"],
+            &["x", "create", "-b", "/b", "--pid-file", "/p", "c"],
+            &["x", "run", "-d", "--keep", "c"],
+            &["x", "list", "-q"],
+            &["x", "ps", "-f", "json", "c"],
+            &["x", "events", "--stats", "--interval", "1s", "c"],
+            &["x", "update", "--memory", "10m", "c"],
+            &["x", "checkpoint", "--image-path", "/i", "--leave-running", "c"],
+            &["x", "restore", "--image-path", "/i", "-d", "--bundle", "/b", "c"],
+            &["x", "features"],
+        ] {
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
     }
 

@@ -152,7 +152,11 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<Destin
     let level = if debug { LevelFilter::DEBUG } else { LevelFilter::WARN };
     let filter = match std::env::var("CNTRLIVE_LOG") {
         Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::new(spec),
-        _ => tracing_subscriber::EnvFilter::default().add_directive(level.into()),
+        // libcgroups warns about every v1 controller this kernel lacks, on
+        // every call; that is noise in the shim's log.json.
+        _ => tracing_subscriber::EnvFilter::default()
+            .add_directive(level.into())
+            .add_directive("libcgroups=error".parse().expect("static directive")),
     };
     let layer = RuncLogLayer { format, sink: Mutex::new(sink) };
     let subscriber = Registry::default().with(filter).with(layer);

@@ -37,8 +37,30 @@ fn parse() -> Result<Cli, clap::Error> {
     Cli::from_arg_matches(&matches)
 }
 
+/// A failed handler: the error and the exit status to report.
+struct Failure {
+    err: anyhow::Error,
+    code: u8,
+}
+
 /// Run the handler; `Ok(code)` is the exit status of an attached process.
-fn run(cli: Cli) -> anyhow::Result<i32> {
+fn run(cli: Cli) -> Result<i32, Failure> {
+    // runc exits 255 when `exec` itself fails ("exec failed: …"), so that a
+    // caller can tell it from the exit status of the executed process.
+    let (code, prefix) = match &cli.command {
+        Some(Command::Exec(_)) => (255, Some("exec failed")),
+        _ => (1, None),
+    };
+    run_command(cli).map_err(|err| Failure {
+        err: match prefix {
+            Some(p) => err.context(p),
+            None => err,
+        },
+        code,
+    })
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<i32> {
     let Some(command) = cli.command else {
         // `--version` / `-v` without a subcommand.
         print!("{}", version_text());
@@ -93,7 +115,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(err) => {
+        Err(Failure { err, code }) => {
             // runc's fatal(): log the error; if logs go elsewhere, also tell
             // the caller on stderr.
             let msg = format!("{err:#}");
@@ -101,7 +123,7 @@ fn main() -> ExitCode {
             if dest != logging::Destination::Stderr {
                 eprintln!("{msg}");
             }
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -35,6 +35,17 @@ fn owner_name(uid: Option<u32>) -> String {
         .unwrap_or_default()
 }
 
+/// runc's lowercase status names.
+pub fn status_name(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Creating => "creating",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Stopped => "stopped",
+        ContainerStatus::Paused => "paused",
+    }
+}
+
 impl ContainerState {
     pub fn of(c: &Container) -> Self {
         let rootfs = crate::bundle::parse_config(&c.bundle().join("config.json"))
@@ -50,7 +61,7 @@ impl ContainerState {
             oci_version: c.state.oci_version.clone(),
             id: c.id().to_string(),
             pid,
-            status: c.status().to_string(),
+            status: status_name(c.status()).to_string(),
             bundle: c.bundle().clone(),
             rootfs,
             created: c

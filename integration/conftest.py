@@ -1,0 +1,35 @@
+"""Shared fixtures for the end-to-end suite.
+
+Every scenario runs once per binary under test. The binaries come from
+CNTRLIVE_TEST_RUNTIMES (comma-separated paths); by default our release
+build and runc, the peer, so the tests themselves are checked against the
+reference runtime.
+"""
+import os
+import pathlib
+
+import pytest
+
+from helpers import Runtime, make_bundle, runtimes_under_test
+
+TOP = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pytest_generate_tests(metafunc):
+    if "rt" in metafunc.fixturenames:
+        rts = runtimes_under_test()
+        metafunc.parametrize("rt_path", [p for _, p in rts], ids=[n for n, _ in rts])
+
+
+@pytest.fixture
+def rt(rt_path, tmp_path):
+    """A runtime with a private --root; every container is force-deleted after the test."""
+    r = Runtime(rt_path, tmp_path / "state")
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A busybox bundle that counts in /tmp/count (writable rootfs, no terminal)."""
+    return make_bundle(tmp_path / "bundle")
