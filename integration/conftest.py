@@ -16,7 +16,7 @@ TOP = pathlib.Path(__file__).resolve().parent.parent
 
 
 def pytest_generate_tests(metafunc):
-    if "rt" in metafunc.fixturenames:
+    if "rt_path" in metafunc.fixturenames:
         rts = runtimes_under_test()
         metafunc.parametrize("rt_path", [p for _, p in rts], ids=[n for n, _ in rts])
 
@@ -33,3 +33,22 @@ def rt(rt_path, tmp_path):
 def bundle(tmp_path):
     """A busybox bundle that counts in /tmp/count (writable rootfs, no terminal)."""
     return make_bundle(tmp_path / "bundle")
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """A private containerd (and dockerd, started on first use)."""
+    from daemons import Stack
+    s = Stack(runtimes_under_test())
+    try:
+        s.start_containerd()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_stack(stack):
+    if stack.dockerd is None:
+        stack.start_dockerd()
+    return stack

@@ -1,0 +1,153 @@
+"""Start and stop a private containerd and dockerd for the tests.
+
+Everything lives under per-run directories (sockets, state, data), so a
+daemon already running on the machine is never touched, and teardown stops
+exactly the processes started here.
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+
+from helpers import ROOTFS, wait_for
+
+
+class Daemon:
+    def __init__(self, name, argv, log_path):
+        self.name = name
+        self.log_path = pathlib.Path(log_path)
+        self.log = open(self.log_path, "wb")
+        # Own session: a Ctrl-C on the test run does not reach it first, and
+        # teardown can signal its whole group.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log {self.log_path}:\n{tail}")
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+class Stack:
+    """containerd (+ dockerd on demand) under /run/cntrlive-test-<pid>."""
+
+    def __init__(self, runtimes):
+        tag = f"cntrlive-test-{os.getpid()}"
+        self.run_dir = pathlib.Path("/run") / tag
+        self.data_dir = pathlib.Path("/var/lib") / tag
+        self.logs = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", "/var/tmp/cntrlive-test-logs"))
+        for d in (self.run_dir, self.data_dir, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.runtimes = runtimes  # [(name, path)]
+        self.containerd = None
+        self.dockerd = None
+
+    # -- containerd ---------------------------------------------------------
+    @property
+    def ctd_sock(self):
+        return str(self.run_dir / "containerd.sock")
+
+    def start_containerd(self):
+        cfg = self.run_dir / "containerd.toml"
+        cfg.write_text(
+            'version = 2\n'
+            f'root = "{self.data_dir}/containerd"\n'
+            f'state = "{self.run_dir}/containerd"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.ctd_sock}"\n'
+            f'[ttrpc]\n  address = "{self.ctd_sock}.ttrpc"\n'
+            f'[debug]\n  address = "{self.run_dir}/containerd-debug.sock"\n')
+        self.containerd = Daemon("containerd", ["containerd", "--config", str(cfg)],
+                                 self.logs / "containerd.log")
+
+        def up():
+            self.containerd.check_alive()
+            return subprocess.run(["ctr", "-a", self.ctd_sock, "version"],
+                                  capture_output=True).returncode == 0
+        wait_for(up, timeout=30, what="containerd to answer")
+
+    def ctr(self, *args, check=True, timeout=60):
+        p = subprocess.run(["ctr", "-a", self.ctd_sock, "-n", "cntrlive-test", *map(str, args)],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(map(str, args))} exited {p.returncode}: {p.stderr}")
+        return p
+
+    # -- dockerd ------------------------------------------------------------
+    @property
+    def docker_host(self):
+        return f"unix://{self.run_dir}/docker.sock"
+
+    def runtime_name(self, name):
+        return f"test-{name}"
+
+    def start_dockerd(self):
+        cfg = self.run_dir / "daemon.json"
+        cfg.write_text(json.dumps({"experimental": True}))
+        argv = ["dockerd", "--data-root", str(self.data_dir / "docker"),
+                "--exec-root", str(self.run_dir / "docker"),
+                "--pidfile", str(self.run_dir / "docker.pid"),
+                "-H", self.docker_host, "--containerd", self.ctd_sock,
+                "--bridge", "none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
+                "--config-file", str(cfg)]
+        for name, path in self.runtimes:
+            argv += ["--add-runtime", f"{self.runtime_name(name)}={path}"]
+        self.dockerd = Daemon("dockerd", argv, self.logs / "dockerd.log")
+
+        def up():
+            self.dockerd.check_alive()
+            return self.docker("info", check=False).returncode == 0
+        wait_for(up, timeout=60, what="dockerd to answer")
+        if self.docker("image", "inspect", "busybox:local", check=False).returncode != 0:
+            tar = self.run_dir / "busybox.tar"
+            with tarfile.open(tar, "w") as t:
+                t.add(ROOTFS, arcname=".")
+            with open(tar, "rb") as f:
+                subprocess.run(["docker", "-H", self.docker_host, "import", "-", "busybox:local"],
+                               stdin=f, check=True, capture_output=True)
+
+    def docker(self, *args, check=True, timeout=120, input=None):
+        p = subprocess.run(["docker", "-H", self.docker_host, *map(str, args)],
+                           input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(map(str, args))} exited {p.returncode}: {p.stderr}")
+        return p
+
+    # -- teardown -----------------------------------------------------------
+    def stop(self):
+        if self.dockerd:
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+            self.dockerd.stop()
+        if self.containerd:
+            for task in self.ctr("task", "ls", "-q", check=False).stdout.split():
+                self.ctr("task", "kill", "-s", "9", task, check=False)
+                time.sleep(0.2)
+                self.ctr("task", "rm", "-f", task, check=False)
+            for c in self.ctr("c", "ls", "-q", check=False).stdout.split():
+                self.ctr("c", "rm", c, check=False)
+            self.containerd.stop()
+        # dockerd unmounts its layers on a clean stop; anything still mounted
+        # under our data dir is detached before removal.
+        mounts = [l.split()[1] for l in open("/proc/self/mounts")
+                  if l.split()[1].startswith((str(self.data_dir), str(self.run_dir)))]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
