@@ -106,12 +106,23 @@ SRC
 	log "installed $(criu --version | head -1) at /usr/local/sbin/criu"
 }
 
+# A private Python environment for the test suite (pytest) and virtme-ng.
+install_venv() {
+	if [ ! -x "$PREFIX/venv/bin/python" ]; then
+		log "creating $PREFIX/venv"
+		python3 -m venv "$PREFIX/venv"
+	fi
+	if ! "$PREFIX/venv/bin/python" -c 'import pytest' 2>/dev/null; then
+		log "installing pytest into $PREFIX/venv"
+		"$PREFIX/venv/bin/pip" install -q pytest
+	fi
+}
+
 install_vm_tooling() {
 	[ "${SKIP_VM_TOOLING:-0}" = 1 ] && return
 	apt_install qemu-system-x86 linux-image-amd64
 	if [ ! -x "$PREFIX/venv/bin/vng" ]; then
 		log "installing virtme-ng from PyPI into $PREFIX/venv"
-		python3 -m venv "$PREFIX/venv"
 		"$PREFIX/venv/bin/pip" install -q virtme-ng
 	fi
 	ln -sf "$PREFIX/venv/bin/vng" /usr/local/bin/vng
@@ -164,6 +175,7 @@ main() {
 	install_packages
 	install_criu
 	install_rootfs
+	install_venv
 	install_vm_tooling
 	sysctls
 	build_runtime

@@ -4,7 +4,6 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::str::FromStr;
 
 use anyhow::{bail, Context as _, Result};
 use libcontainer::container::builder::ContainerBuilder;
@@ -41,7 +40,7 @@ pub fn process_from_flags(base: &Process, args: &ExecArgs) -> Result<Process> {
             c
         });
         for name in &args.cap {
-            let cap = Capability::from_str(name).map_err(|e| anyhow::anyhow!("invalid --cap {name:?}: {e}"))?;
+            let cap = parse_capability(name)?;
             let add = |set: Option<&oci_spec::runtime::Capabilities>| {
                 let mut s = set.cloned().unwrap_or_default();
                 s.insert(cap);
@@ -80,6 +79,14 @@ pub fn process_from_flags(base: &Process, args: &ExecArgs) -> Result<Process> {
     }
     p.set_user(user);
     Ok(p)
+}
+
+/// `CAP_NET_ADMIN` (runc's form) or `NET_ADMIN`, any case.
+fn parse_capability(name: &str) -> Result<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    serde_json::from_value(serde_json::Value::String(full))
+        .with_context(|| format!("invalid --cap {name:?}: not a Linux capability name such as CAP_NET_ADMIN"))
 }
 
 fn write_process_file(p: &Process, dir: &Path) -> Result<tempfile::NamedTempFile> {
@@ -172,7 +179,7 @@ mod tests {
         let a = exec_args(&["-t", "-e", "A=1", "--cwd", "/tmp", "-u", "7:8", "--cap", "CAP_NET_ADMIN", "c1", "sh", "-c", "id"]);
         let p = process_from_flags(&base, &a).unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &["sh", "-c", "id"]);
-        assert_eq!(p.terminal(), &Some(true));
+        assert_eq!(p.terminal(), Some(true));
         assert!(p.env().as_ref().unwrap().contains(&"A=1".to_string()));
         assert_eq!(p.cwd().to_str(), Some("/tmp"));
         assert_eq!((p.user().uid(), p.user().gid()), (7, 8));
