@@ -60,7 +60,7 @@ install_packages() {
 		libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev \
 		libaio-dev libnftables-dev uuid-dev libseccomp-dev libdrm-dev \
 		file iptables iproute2 procps psmisc util-linux kmod \
-		containerd runc docker.io busybox-static jq hyperfine
+		containerd runc docker.io busybox-static jq hyperfine time
 }
 
 install_criu() {

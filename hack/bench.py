@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Lifecycle benchmark: create + start + delete of a `true` container,
+cntrlive-runtime and runc interleaved in one run (this machine is noisy: each
+round runs both, in alternating order), medians and ratios written to
+docs/performance.md together with the command that produced them.
+
+Usage: hack/bench.py [--rounds N] [--out docs/performance.md]
+"""
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TOP / "integration"))
+from helpers import make_bundle  # noqa: E402
+
+
+def timed(argv, measure_rss=False):
+    """Run argv; return (seconds, peak RSS in KiB or None).
+
+    The RSS comes from GNU time in separate rounds: a direct child of Python
+    inherits Python's RSS high-water mark at exec, GNU time's child does not.
+    """
+    rss_file = None
+    if measure_rss:
+        rss_file = tempfile.NamedTemporaryFile(prefix="rss-", delete=False)
+        argv = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + argv
+    # stderr goes to a file: the container's init inherits it, and a pipe
+    # would stay open until the container exits.
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(argv)} failed ({p.returncode}): {err.read().decode()}")
+    rss = None
+    if rss_file:
+        rss = int(pathlib.Path(rss_file.name).read_text().split()[-1])
+        os.unlink(rss_file.name)
+    return dt, rss
+
+
+def cycle(binary, root, bundle, cid, measure_rss=False):
+    base = [binary, "--root", root]
+    c, c_rss = timed(base + ["create", "--bundle", bundle, cid], measure_rss)
+    s, s_rss = timed(base + ["start", cid], measure_rss)
+    d, d_rss = timed(base + ["delete", "--force", cid], measure_rss)
+    r = {"create": c, "start": s, "delete": d, "total": c + s + d}
+    if measure_rss:
+        r["rss"] = max(c_rss, s_rss, d_rss)
+    return r
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(TOP / "docs" / "performance.md"))
+    ap.add_argument("--ours", default=str(TOP / "target" / "release" / "cntrlive-runtime"))
+    ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
+    a = ap.parse_args()
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="cntrlive-bench-"))
+    bundle = make_bundle(work / "bundle", args=["true"])
+    runtimes = {"cntrlive-runtime": a.ours, "runc": a.runc}
+    results = {name: [] for name in runtimes}
+    rss = {name: [] for name in runtimes}
+    rss_rounds = 6
+    try:
+        for i in range(a.warmup + a.rounds + rss_rounds):
+            order = list(runtimes.items())
+            if i % 2:
+                order.reverse()
+            measure_rss = i >= a.warmup + a.rounds
+            for name, binary in order:
+                r = cycle(binary, str(work / f"root-{name}"), str(bundle), f"bench{i}", measure_rss)
+                if measure_rss:
+                    rss[name].append(r["rss"])
+                elif i >= a.warmup:
+                    results[name].append(r)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def m(name, key):
+        return med([r[key] for r in results[name]])
+
+    ours, runc = "cntrlive-runtime", "runc"
+    rows = []
+    for key in ("create", "start", "delete", "total"):
+        rows.append((key, m(ours, key) * 1000, m(runc, key) * 1000, m(ours, key) / m(runc, key)))
+    rss = (med(rss[ours]), med(rss[runc]))
+    version = subprocess.run([a.ours, "--version"], capture_output=True, text=True).stdout.splitlines()
+    runc_version = subprocess.run([a.runc, "--version"], capture_output=True, text=True).stdout.splitlines()
+
+    table = ["| phase | cntrlive-runtime (ms, median) | runc (ms, median) | ratio (ours / runc) |",
+             "|---|---:|---:|---:|"]
+    for key, o, r, ratio in rows:
+        table.append(f"| {key} | {o:.1f} | {r:.1f} | {ratio:.2f}× |")
+    table.append(f"| peak RSS, largest of the three calls (KiB, median of {rss_rounds} rounds) "
+                 f"| {rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f}× |")
+
+    text = "\n".join(table)
+    print(text)
+    out = pathlib.Path(a.out)
+    body = out.read_text() if out.exists() else ""
+    start, end = "<!-- bench:lifecycle:start -->", "<!-- bench:lifecycle:end -->"
+    section = (f"{start}\n"
+               f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
+               f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
+               f"interleaved (each round runs both runtimes, alternating which goes first).\n"
+               f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
+               f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
+               f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds}`)\n\n"
+               f"{text}\n{end}")
+    if start in body and end in body:
+        body = body[: body.index(start)] + section + body[body.index(end) + len(end):]
+    else:
+        body = body + "\n" + section + "\n"
+    out.write_text(body)
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
