@@ -150,14 +150,32 @@ mod tests {
     #[test]
     fn containerd_restore_single_dash_ok() {
         let got = norm(&[
-            "rt", "--root", "/run/x", "restore", "--image-path", "/i", "-no-subreaper",
-            "--bundle", "/b", "-detach", "id1",
+            "rt",
+            "--root",
+            "/run/x",
+            "restore",
+            "--image-path",
+            "/i",
+            "-no-subreaper",
+            "--bundle",
+            "/b",
+            "-detach",
+            "id1",
         ]);
         assert_eq!(
             got,
             [
-                "rt", "--root", "/run/x", "restore", "--image-path", "/i", "--no-subreaper",
-                "--bundle", "/b", "--detach", "id1"
+                "rt",
+                "--root",
+                "/run/x",
+                "restore",
+                "--image-path",
+                "/i",
+                "--no-subreaper",
+                "--bundle",
+                "/b",
+                "--detach",
+                "id1"
             ]
         );
     }
@@ -165,7 +183,10 @@ mod tests {
     #[test]
     fn single_dash_global_with_value_ok() {
         let got = norm(&["rt", "-root", "/r", "-log-format=json", "state", "c"]);
-        assert_eq!(got, ["rt", "--root", "/r", "--log-format=json", "state", "c"]);
+        assert_eq!(
+            got,
+            ["rt", "--root", "/r", "--log-format=json", "state", "c"]
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub enum BundleError {
     },
 
     #[error("invalid {path}: field `{field}`: {msg}")]
-    InvalidConfig { path: PathBuf, field: String, msg: String },
+    InvalidConfig {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
 
     #[error("invalid {path}: {what}")]
     Incomplete { path: PathBuf, what: String },
@@ -44,7 +48,9 @@ pub struct Bundle {
 impl Bundle {
     /// The bundle given with `--bundle`, else the current directory (runc).
     pub fn open(bundle: Option<&Path>) -> Result<Bundle, BundleError> {
-        let given = bundle.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let given = bundle
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         let path = std::fs::canonicalize(&given)
             .ok()
             .filter(|p| p.is_dir())
@@ -61,8 +67,15 @@ impl Bundle {
 
     fn check(&self) -> Result<(), BundleError> {
         let config = self.path.join("config.json");
-        let incomplete = |what: &str| BundleError::Incomplete { path: config.clone(), what: what.into() };
-        let root = self.spec.root().as_ref().ok_or_else(|| incomplete("`root` is missing"))?;
+        let incomplete = |what: &str| BundleError::Incomplete {
+            path: config.clone(),
+            what: what.into(),
+        };
+        let root = self
+            .spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| incomplete("`root` is missing"))?;
         let rootfs = if root.path().is_absolute() {
             root.path().clone()
         } else {
@@ -71,9 +84,20 @@ impl Bundle {
         if !rootfs.is_dir() {
             return Err(BundleError::NoRootfs(rootfs));
         }
-        let process = self.spec.process().as_ref().ok_or_else(|| incomplete("`process` is missing"))?;
-        if process.args().as_ref().map(|a| a.is_empty()).unwrap_or(true) {
-            return Err(incomplete("`process.args` is empty: the container needs a program to run"));
+        let process = self
+            .spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| incomplete("`process` is missing"))?;
+        if process
+            .args()
+            .as_ref()
+            .map(|a| a.is_empty())
+            .unwrap_or(true)
+        {
+            return Err(incomplete(
+                "`process.args` is empty: the container needs a program to run",
+            ));
         }
         if self.spec.linux().is_none() {
             return Err(incomplete("`linux` is missing"));
@@ -84,7 +108,10 @@ impl Bundle {
 
 /// Parse config.json, naming the JSON path of the first bad field.
 pub fn parse_config(path: &Path) -> Result<Spec, BundleError> {
-    let file = File::open(path).map_err(|source| BundleError::Read { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| BundleError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let de = &mut serde_json::Deserializer::from_reader(BufReader::new(file));
     serde_path_to_error::deserialize(de).map_err(|e| BundleError::InvalidConfig {
         path: path.to_path_buf(),
@@ -113,7 +140,9 @@ mod tests {
 
     #[test]
     fn bad_field_is_named_ng() {
-        let dir = bundle_with(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","args":["sh"],"user":{"uid":"zero","gid":0}},"linux":{}}"#);
+        let dir = bundle_with(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","args":["sh"],"user":{"uid":"zero","gid":0}},"linux":{}}"#,
+        );
         let err = Bundle::open(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("process.user.uid"), "{err}");
     }
@@ -130,6 +159,9 @@ mod tests {
         let spec = serde_json::to_string(&Spec::default()).unwrap();
         let dir = bundle_with(&spec);
         std::fs::remove_dir(dir.path().join("rootfs")).unwrap();
-        assert!(matches!(Bundle::open(Some(dir.path())).unwrap_err(), BundleError::NoRootfs(_)));
+        assert!(matches!(
+            Bundle::open(Some(dir.path())).unwrap_err(),
+            BundleError::NoRootfs(_)
+        ));
     }
 }

@@ -114,9 +114,10 @@ pub struct IdArg {
     pub container_id: String,
 }
 
-/// Flags shared by `create` and `run` (runc's `create.go`/`run.go`).
+/// How a container is launched: shared by `create`, `run` and `restore`
+/// (runc's restore goes through the same path as run).
 #[derive(Args, Debug, Clone)]
-pub struct CreateFlags {
+pub struct LaunchFlags {
     /// Path to the root of the bundle directory, defaults to the current directory
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
@@ -132,6 +133,13 @@ pub struct CreateFlags {
     /// Do not use pivot root to jail process inside rootfs
     #[arg(long)]
     pub no_pivot: bool,
+}
+
+/// Flags shared by `create` and `run` (runc's `create.go`/`run.go`).
+#[derive(Args, Debug, Clone)]
+pub struct CreateFlags {
+    #[command(flatten)]
+    pub launch: LaunchFlags,
 
     /// Do not create a new session keyring for the container
     #[arg(long)]
@@ -374,6 +382,36 @@ pub struct SpecArgs {
     pub rootless: bool,
 }
 
+/// CRIU options shared by `checkpoint` and `restore` (runc defines each in
+/// both commands with the same name and meaning).
+#[derive(Args, Debug, Clone)]
+pub struct CriuFlags {
+    /// Allow open tcp connections
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Handle file locks, for safety
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Use userfaultfd to lazily restore memory pages
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// Cgroups mode: soft|full|strict|ignore (default: soft)
+    #[arg(long, value_name = "MODE")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Create a namespace, but don't restore its properties
+    #[arg(long, value_name = "NS")]
+    pub empty_ns: Vec<String>,
+    /// Enable auto deduplication of memory images
+    #[arg(long)]
+    pub auto_dedup: bool,
+}
+
 /// `checkpoint` flags, named as runc's `checkpoint.go`.
 #[derive(Args, Debug)]
 pub struct CheckpointArgs {
@@ -389,45 +427,23 @@ pub struct CheckpointArgs {
     /// Leave the process running after checkpointing
     #[arg(long)]
     pub leave_running: bool,
-    /// Allow open tcp connections
-    #[arg(long)]
-    pub tcp_established: bool,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Skip in-flight tcp connections
     #[arg(long)]
     pub tcp_skip_in_flight: bool,
     /// Allow one to link unlinked files back when possible
     #[arg(long)]
     pub link_remap: bool,
-    /// Allow external unix sockets
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Allow shell jobs
-    #[arg(long)]
-    pub shell_job: bool,
-    /// Use userfaultfd to lazily restore memory pages
-    #[arg(long)]
-    pub lazy_pages: bool,
     /// CRIU writes \0 to this FD once lazy-pages is ready
     #[arg(long, value_name = "FD")]
     pub status_fd: Option<i32>,
     /// ADDRESS:PORT of the page server
     #[arg(long, value_name = "ADDR:PORT")]
     pub page_server: Option<String>,
-    /// Handle file locks, for safety
-    #[arg(long)]
-    pub file_locks: bool,
     /// Dump the container's memory information only, leave the container running after this
     #[arg(long)]
     pub pre_dump: bool,
-    /// Cgroups mode: soft|full|strict|ignore (default: soft)
-    #[arg(long, value_name = "MODE")]
-    pub manage_cgroups_mode: Option<String>,
-    /// Create a namespace, but don't restore its properties
-    #[arg(long, value_name = "NS")]
-    pub empty_ns: Vec<String>,
-    /// Enable auto deduplication of memory images
-    #[arg(long)]
-    pub auto_dedup: bool,
     /// The container ID
     pub container_id: String,
 }
@@ -435,9 +451,8 @@ pub struct CheckpointArgs {
 /// `restore` flags, named as runc's `restore.go`.
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal
-    #[arg(long, value_name = "PATH")]
-    pub console_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub launch: LaunchFlags,
     /// Path to criu image files for restoring
     #[arg(long, value_name = "DIR")]
     pub image_path: Option<PathBuf>,
@@ -447,45 +462,14 @@ pub struct RestoreArgs {
     /// Path for previous criu image files (accepted as containerd may send it)
     #[arg(long, value_name = "DIR")]
     pub parent_path: Option<PathBuf>,
-    /// Allow open tcp connections
-    #[arg(long)]
-    pub tcp_established: bool,
-    /// Allow external unix sockets
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Allow shell jobs
-    #[arg(long)]
-    pub shell_job: bool,
-    /// Handle file locks, for safety
-    #[arg(long)]
-    pub file_locks: bool,
-    /// Cgroups mode: soft|full|strict|ignore (default: soft)
-    #[arg(long, value_name = "MODE")]
-    pub manage_cgroups_mode: Option<String>,
-    /// Path to the root of the bundle directory
-    #[arg(short = 'b', long, value_name = "DIR")]
-    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Detach from the container's process
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Specify the file to write the process id to
-    #[arg(long, value_name = "PATH")]
-    pub pid_file: Option<PathBuf>,
     /// Disable the use of the subreaper used to reap reparented processes
     #[arg(long)]
     pub no_subreaper: bool,
-    /// Do not use pivot root to jail process inside rootfs
-    #[arg(long)]
-    pub no_pivot: bool,
-    /// Create a namespace, but don't restore its properties
-    #[arg(long, value_name = "NS")]
-    pub empty_ns: Vec<String>,
-    /// Enable auto deduplication of memory images
-    #[arg(long)]
-    pub auto_dedup: bool,
-    /// Use userfaultfd to lazily restore memory pages
-    #[arg(long)]
-    pub lazy_pages: bool,
     /// Specify an LSM profile to be used during restore
     #[arg(long, value_name = "PROFILE")]
     pub lsm_profile: Option<String>,
@@ -541,8 +525,24 @@ mod tests {
             &["x", "ps", "-f", "json", "c"],
             &["x", "events", "--stats", "--interval", "1s", "c"],
             &["x", "update", "--memory", "10m", "c"],
-            &["x", "checkpoint", "--image-path", "/i", "--leave-running", "c"],
-            &["x", "restore", "--image-path", "/i", "-d", "--bundle", "/b", "c"],
+            &[
+                "x",
+                "checkpoint",
+                "--image-path",
+                "/i",
+                "--leave-running",
+                "c",
+            ],
+            &[
+                "x",
+                "restore",
+                "--image-path",
+                "/i",
+                "-d",
+                "--bundle",
+                "/b",
+                "c",
+            ],
             &["x", "features"],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));

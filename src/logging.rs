@@ -45,7 +45,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.msg = value.to_string();
         } else {
-            self.extra.push((field.name().to_string(), value.to_string()));
+            self.extra
+                .push((field.name().to_string(), value.to_string()));
         }
     }
 
@@ -53,7 +54,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.msg = format!("{value:?}");
         } else {
-            self.extra.push((field.name().to_string(), format!("{value:?}")));
+            self.extra
+                .push((field.name().to_string(), format!("{value:?}")));
         }
     }
 }
@@ -149,7 +151,11 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<Destin
         }
         None => (Sink::Stderr, Destination::Stderr),
     };
-    let level = if debug { LevelFilter::DEBUG } else { LevelFilter::WARN };
+    let level = if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::WARN
+    };
     let filter = match std::env::var("CNTRLIVE_LOG") {
         Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::new(spec),
         // libcgroups warns about every v1 controller this kernel lacks, on
@@ -158,7 +164,10 @@ pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<Destin
             .add_directive(level.into())
             .add_directive("libcgroups=error".parse().expect("static directive")),
     };
-    let layer = RuncLogLayer { format, sink: Mutex::new(sink) };
+    let layer = RuncLogLayer {
+        format,
+        sink: Mutex::new(sink),
+    };
     let subscriber = Registry::default().with(filter).with(layer);
     tracing::subscriber::set_global_default(subscriber)
         .context("failed to install the log subscriber")?;
@@ -170,12 +179,18 @@ mod tests {
     use super::*;
 
     fn layer(format: LogFormat) -> RuncLogLayer {
-        RuncLogLayer { format, sink: Mutex::new(Sink::Stderr) }
+        RuncLogLayer {
+            format,
+            sink: Mutex::new(Sink::Stderr),
+        }
     }
 
     #[test]
     fn json_line_has_containerd_fields_ok() {
-        let f = Fields { msg: "container \"x\" does not exist".into(), extra: vec![] };
+        let f = Fields {
+            msg: "container \"x\" does not exist".into(),
+            extra: vec![],
+        };
         let line = layer(LogFormat::Json).render(&Level::ERROR, &f);
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
@@ -186,8 +201,14 @@ mod tests {
 
     #[test]
     fn text_line_quotes_like_logrus_ok() {
-        let f = Fields { msg: "two words".into(), extra: vec![("id".into(), "c1".into())] };
+        let f = Fields {
+            msg: "two words".into(),
+            extra: vec![("id".into(), "c1".into())],
+        };
         let line = layer(LogFormat::Text).render(&Level::WARN, &f);
-        assert!(line.contains("level=warning msg=\"two words\" id=c1"), "{line}");
+        assert!(
+            line.contains("level=warning msg=\"two words\" id=c1"),
+            "{line}"
+        );
     }
 }

@@ -19,7 +19,6 @@ use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
-
 fn version_text() -> String {
     format!(
         "cntrlive-runtime version {}\ncommit: {}\nspec: {}\nlibcontainer: 0.7.0\n",
@@ -97,7 +96,9 @@ fn main() -> ExitCode {
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp
                 | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(1),
             };
         }
@@ -106,7 +107,11 @@ fn main() -> ExitCode {
         print!("{}", version_text());
         return ExitCode::SUCCESS;
     }
-    let dest = match logging::init(cli.global.log.as_deref(), cli.global.log_format, cli.global.debug) {
+    let dest = match logging::init(
+        cli.global.log.as_deref(),
+        cli.global.log_format,
+        cli.global.debug,
+    ) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e:#}");

@@ -8,8 +8,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use libcontainer::container::Container;
 use libcontainer::container::state::State;
+use libcontainer::container::Container;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -43,7 +43,12 @@ pub enum StoreError {
 /// runc's rule (`libcontainer/container_linux.go` idRegex `^[\w+\-\.]+$`,
 /// and not `.` or `..`): the ID becomes a directory name under `--root`.
 pub fn validate_id(id: &str) -> Result<(), StoreError> {
-    let invalid = |why| Err(StoreError::InvalidId { id: id.to_string(), why });
+    let invalid = |why| {
+        Err(StoreError::InvalidId {
+            id: id.to_string(),
+            why,
+        })
+    };
     if id.is_empty() {
         return invalid("it is empty");
     }
@@ -109,7 +114,12 @@ impl Store {
         let entries = match fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StoreError::ReadRoot { path: self.root.clone(), source }),
+            Err(source) => {
+                return Err(StoreError::ReadRoot {
+                    path: self.root.clone(),
+                    source,
+                })
+            }
         };
         let mut ids: Vec<String> = entries
             .filter_map(|e| e.ok())
@@ -149,6 +159,9 @@ mod tests {
 
     #[test]
     fn ids_of_missing_root_is_empty_ok() {
-        assert!(Store::new("/nonexistent/cntrlive-test").ids().unwrap().is_empty());
+        assert!(Store::new("/nonexistent/cntrlive-test")
+            .ids()
+            .unwrap()
+            .is_empty());
     }
 }

@@ -15,19 +15,19 @@ use crate::cli::{CreateArgs, CreateFlags, RunArgs};
 /// On failure nothing is left registered under `--root`.
 fn build_init(id: &str, flags: &CreateFlags, detach: bool, ctx: &Ctx) -> Result<Container> {
     ctx.store.ensure_free(id)?;
-    let bundle = Bundle::open(flags.bundle.as_deref())?;
+    let bundle = Bundle::open(flags.launch.bundle.as_deref())?;
     let root = ctx.ensure_root()?;
     let result = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(DefaultExecutor {})
-        .with_pid_file(flags.pid_file.as_ref())?
-        .with_console_socket(flags.console_socket.as_ref())
+        .with_pid_file(flags.launch.pid_file.as_ref())?
+        .with_console_socket(flags.launch.console_socket.as_ref())
         .with_root_path(root)?
         .with_preserved_fds(flags.preserve_fds)
         .validate_id()?
         .as_init(&bundle.path)
         .with_systemd(ctx.global.systemd_cgroup)
         .with_detach(detach)
-        .with_no_pivot(flags.no_pivot)
+        .with_no_pivot(flags.launch.no_pivot)
         .build();
     match result {
         Ok(c) => Ok(c),
@@ -77,7 +77,8 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> Result<i32> {
     let status = foreground::wait_forwarding_signals(pid)?;
     if !args.keep {
         let mut c = ctx.store.load(id)?;
-        c.delete(true).with_context(|| format!("failed to delete container \"{id}\""))?;
+        c.delete(true)
+            .with_context(|| format!("failed to delete container \"{id}\""))?;
     }
     Ok(status)
 }

@@ -43,7 +43,12 @@ pub fn events(args: EventsArgs, ctx: &Ctx) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(interval);
-        if ctx.store.load(id).map(|c| c.status() == ContainerStatus::Stopped).unwrap_or(true) {
+        if ctx
+            .store
+            .load(id)
+            .map(|c| c.status() == ContainerStatus::Stopped)
+            .unwrap_or(true)
+        {
             return Ok(());
         }
     }

@@ -36,7 +36,11 @@ pub fn process_from_flags(base: &Process, args: &ExecArgs) -> Result<Process> {
     if !args.cap.is_empty() {
         let mut caps = p.capabilities().clone().unwrap_or_else(|| {
             let mut c = LinuxCapabilities::default();
-            c.set_bounding(None).set_effective(None).set_inheritable(None).set_permitted(None).set_ambient(None);
+            c.set_bounding(None)
+                .set_effective(None)
+                .set_inheritable(None)
+                .set_permitted(None)
+                .set_ambient(None);
             c
         });
         for name in &args.cap {
@@ -67,9 +71,15 @@ pub fn process_from_flags(base: &Process, args: &ExecArgs) -> Result<Process> {
             Some((u, g)) => (u, Some(g)),
             None => (spec.as_str(), None),
         };
-        user.set_uid(uid.parse().with_context(|| format!("invalid --user uid {uid:?}: a number is needed"))?);
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("invalid --user uid {uid:?}: a number is needed"))?,
+        );
         if let Some(g) = gid {
-            user.set_gid(g.parse().with_context(|| format!("invalid --user gid {g:?}: a number is needed"))?);
+            user.set_gid(
+                g.parse()
+                    .with_context(|| format!("invalid --user gid {g:?}: a number is needed"))?,
+            );
         }
     }
     if !args.additional_gids.is_empty() {
@@ -84,9 +94,14 @@ pub fn process_from_flags(base: &Process, args: &ExecArgs) -> Result<Process> {
 /// `CAP_NET_ADMIN` (runc's form) or `NET_ADMIN`, any case.
 fn parse_capability(name: &str) -> Result<Capability> {
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
-    serde_json::from_value(serde_json::Value::String(full))
-        .with_context(|| format!("invalid --cap {name:?}: not a Linux capability name such as CAP_NET_ADMIN"))
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    serde_json::from_value(serde_json::Value::String(full)).with_context(|| {
+        format!("invalid --cap {name:?}: not a Linux capability name such as CAP_NET_ADMIN")
+    })
 }
 
 fn write_process_file(p: &Process, dir: &Path) -> Result<tempfile::NamedTempFile> {
@@ -106,7 +121,9 @@ pub fn exec(args: ExecArgs, ctx: &Ctx) -> Result<i32> {
     match c.status() {
         ContainerStatus::Running | ContainerStatus::Created => {}
         ContainerStatus::Paused if args.ignore_paused => {}
-        ContainerStatus::Paused => bail!("cannot exec in a paused container \"{id}\" (resume it first, or pass --ignore-paused)"),
+        ContainerStatus::Paused => bail!(
+            "cannot exec in a paused container \"{id}\" (resume it first, or pass --ignore-paused)"
+        ),
         status => bail!("cannot exec in container \"{id}\": it is {status}, not running"),
     }
 
@@ -130,9 +147,18 @@ pub fn exec(args: ExecArgs, ctx: &Ctx) -> Result<i32> {
     let mut group = None;
     if args.process.is_some() {
         if let Some(spec) = &args.user {
-            let (u, g) = spec.split_once(':').map(|(u, g)| (u, Some(g))).unwrap_or((spec, None));
-            user = Some(u.parse::<u32>().with_context(|| format!("invalid --user {spec:?}"))?);
-            group = g.map(|g| g.parse::<u32>()).transpose().with_context(|| format!("invalid --user {spec:?}"))?;
+            let (u, g) = spec
+                .split_once(':')
+                .map(|(u, g)| (u, Some(g)))
+                .unwrap_or((spec, None));
+            user = Some(
+                u.parse::<u32>()
+                    .with_context(|| format!("invalid --user {spec:?}"))?,
+            );
+            group = g
+                .map(|g| g.parse::<u32>())
+                .transpose()
+                .with_context(|| format!("invalid --user {spec:?}"))?;
         }
     }
     let pid = ContainerBuilder::new(id.clone(), SyscallType::default())
@@ -176,14 +202,35 @@ mod tests {
     #[test]
     fn flags_override_base_process_ok() {
         let base = Process::default();
-        let a = exec_args(&["-t", "-e", "A=1", "--cwd", "/tmp", "-u", "7:8", "--cap", "CAP_NET_ADMIN", "c1", "sh", "-c", "id"]);
+        let a = exec_args(&[
+            "-t",
+            "-e",
+            "A=1",
+            "--cwd",
+            "/tmp",
+            "-u",
+            "7:8",
+            "--cap",
+            "CAP_NET_ADMIN",
+            "c1",
+            "sh",
+            "-c",
+            "id",
+        ]);
         let p = process_from_flags(&base, &a).unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &["sh", "-c", "id"]);
         assert_eq!(p.terminal(), Some(true));
         assert!(p.env().as_ref().unwrap().contains(&"A=1".to_string()));
         assert_eq!(p.cwd().to_str(), Some("/tmp"));
         assert_eq!((p.user().uid(), p.user().gid()), (7, 8));
-        assert!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().contains(&Capability::NetAdmin));
+        assert!(p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::NetAdmin));
     }
 
     #[test]

@@ -9,7 +9,14 @@ use oci_spec::runtime::{
 };
 
 /// Hooks libcontainer runs.
-const HOOKS: &[&str] = &["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
+const HOOKS: &[&str] = &[
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
 
 /// Mount options libcontainer understands (its `MountOption` table).
 fn mount_options() -> Vec<String> {
@@ -20,8 +27,21 @@ pub fn features() -> Result<()> {
     use LinuxNamespaceType::*;
     let linux = LinuxFeatureBuilder::default()
         .namespaces(vec![Mount, Cgroup, Uts, Ipc, User, Pid, Network, Time])
-        .capabilities(caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>())
-        .cgroup(CgroupBuilder::default().v1(true).v2(true).systemd(true).systemd_user(true).rdma(false).build()?)
+        .capabilities(
+            caps::all()
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .cgroup(
+            CgroupBuilder::default()
+                .v1(true)
+                .v2(true)
+                .systemd(true)
+                .systemd_user(true)
+                .rdma(false)
+                .build()?,
+        )
         .apparmor(ApparmorBuilder::default().enabled(true).build()?)
         .selinux(SelinuxBuilder::default().enabled(false).build()?)
         .intel_rdt(IntelRdtBuilder::default().enabled(false).build()?)
@@ -32,8 +52,14 @@ pub fn features() -> Result<()> {
         )
         .build()?;
     let mut annotations = std::collections::HashMap::new();
-    annotations.insert("org.cntrlive.runtime.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
-    annotations.insert("org.cntrlive.libcontainer.version".to_string(), "0.7.0".to_string());
+    annotations.insert(
+        "org.cntrlive.runtime.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    annotations.insert(
+        "org.cntrlive.libcontainer.version".to_string(),
+        "0.7.0".to_string(),
+    );
     let features = FeaturesBuilder::default()
         .oci_version_min("1.0.0")
         .oci_version_max(VERSION)

@@ -15,7 +15,11 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).with_context(|| format!("unknown signal number {n}"));
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&name).with_context(|| format!("unknown signal {s:?}"))
 }
 

@@ -24,7 +24,10 @@ pub fn pause(args: IdArg, ctx: &Ctx) -> Result<()> {
     let mut c = ctx.store.load(&args.container_id)?;
     match c.status() {
         ContainerStatus::Running | ContainerStatus::Created => {}
-        other => bail!("container \"{}\" not running: it is {other}", args.container_id),
+        other => bail!(
+            "container \"{}\" not running: it is {other}",
+            args.container_id
+        ),
     }
     c.pause()
         .with_context(|| format!("failed to pause container \"{}\"", args.container_id))
@@ -34,7 +37,11 @@ pub fn pause(args: IdArg, ctx: &Ctx) -> Result<()> {
 pub fn resume(args: IdArg, ctx: &Ctx) -> Result<()> {
     let mut c = ctx.store.load(&args.container_id)?;
     if c.status() != ContainerStatus::Paused {
-        bail!("container \"{}\" not paused: it is {}", args.container_id, c.status());
+        bail!(
+            "container \"{}\" not paused: it is {}",
+            args.container_id,
+            c.status()
+        );
     }
     c.resume()
         .with_context(|| format!("failed to resume container \"{}\"", args.container_id))

@@ -34,7 +34,10 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(global: GlobalOpts) -> Self {
-        Ctx { store: Store::new(global.root.clone()), global }
+        Ctx {
+            store: Store::new(global.root.clone()),
+            global,
+        }
     }
 
     /// Create the state root (0711, as runc) if it is missing.
@@ -52,13 +55,21 @@ impl Ctx {
 
 /// The cgroup manager of a loaded container.
 pub fn cgroup_manager(container: &Container) -> Result<AnyCgroupManager> {
-    let config = container
-        .spec()
-        .with_context(|| format!("failed to read the saved config of container \"{}\"", container.id()))?;
+    let config = container.spec().with_context(|| {
+        format!(
+            "failed to read the saved config of container \"{}\"",
+            container.id()
+        )
+    })?;
     libcgroups::common::create_cgroup_manager(CgroupConfig {
         cgroup_path: config.cgroup_path,
         systemd_cgroup: container.systemd(),
         container_name: container.id().to_string(),
     })
-    .with_context(|| format!("failed to open the cgroup of container \"{}\"", container.id()))
+    .with_context(|| {
+        format!(
+            "failed to open the cgroup of container \"{}\"",
+            container.id()
+        )
+    })
 }

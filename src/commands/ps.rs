@@ -16,7 +16,12 @@ pub fn ps(args: PsArgs, ctx: &Ctx) -> Result<()> {
     } else {
         cgroup_manager(&c)?
             .get_all_pids()
-            .with_context(|| format!("failed to list the processes of container \"{}\"", args.container_id))?
+            .with_context(|| {
+                format!(
+                    "failed to list the processes of container \"{}\"",
+                    args.container_id
+                )
+            })?
             .iter()
             .map(|p| p.as_raw())
             .collect()
@@ -24,10 +29,21 @@ pub fn ps(args: PsArgs, ctx: &Ctx) -> Result<()> {
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string(&pids)?),
         OutputFormat::Table => {
-            let opts = if args.ps_options.is_empty() { vec!["-ef".to_string()] } else { args.ps_options.clone() };
-            let out = Command::new("ps").args(&opts).output().context("failed to run ps(1)")?;
+            let opts = if args.ps_options.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                args.ps_options.clone()
+            };
+            let out = Command::new("ps")
+                .args(&opts)
+                .output()
+                .context("failed to run ps(1)")?;
             if !out.status.success() {
-                bail!("ps {} failed: {}", opts.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "ps {} failed: {}",
+                    opts.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             let text = String::from_utf8_lossy(&out.stdout);
             let mut lines = text.lines();
@@ -38,7 +54,10 @@ pub fn ps(args: PsArgs, ctx: &Ctx) -> Result<()> {
                 .context("couldn't find PID field in ps output")?;
             println!("{header}");
             for line in lines {
-                let pid = line.split_whitespace().nth(pid_col).and_then(|p| p.parse::<i32>().ok());
+                let pid = line
+                    .split_whitespace()
+                    .nth(pid_col)
+                    .and_then(|p| p.parse::<i32>().ok());
                 if pid.map(|p| pids.contains(&p)).unwrap_or(false) {
                     println!("{line}");
                 }

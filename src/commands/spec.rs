@@ -14,11 +14,15 @@ pub fn spec(args: SpecArgs) -> Result<()> {
         bail!("File {} exists. Remove it first", path.display());
     }
     let spec = if args.rootless {
-        Spec::rootless(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+        Spec::rootless(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
     } else {
         Spec::default()
     };
     let json = serde_json::to_string_pretty(&spec)?;
-    std::fs::write(&path, json + "\n").with_context(|| format!("failed to write {}", path.display()))?;
+    std::fs::write(&path, json + "\n")
+        .with_context(|| format!("failed to write {}", path.display()))?;
     Ok(())
 }

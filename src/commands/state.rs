@@ -30,9 +30,13 @@ pub struct ContainerState {
 
 /// The owner's user name ("" when unknown), as runc resolves the state uid.
 fn owner_name(uid: Option<u32>) -> String {
-    uid.and_then(|u| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u)).ok().flatten())
-        .map(|u| u.name)
-        .unwrap_or_default()
+    uid.and_then(|u| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+            .ok()
+            .flatten()
+    })
+    .map(|u| u.name)
+    .unwrap_or_default()
 }
 
 /// runc's lowercase status names.
@@ -51,7 +55,13 @@ impl ContainerState {
         let rootfs = crate::bundle::parse_config(&c.bundle().join("config.json"))
             .ok()
             .and_then(|s| s.root().as_ref().map(|r| r.path().clone()))
-            .map(|p| if p.is_absolute() { p } else { c.bundle().join(p) })
+            .map(|p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    c.bundle().join(p)
+                }
+            })
             .unwrap_or_default();
         let pid = match c.status() {
             ContainerStatus::Stopped => 0,

@@ -7,9 +7,7 @@ use std::io::{self, BufReader};
 use anyhow::{bail, Context as _, Result};
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use libcontainer::container::ContainerStatus;
-use oci_spec::runtime::{
-    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources,
-};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::{cgroup_manager, Ctx};
 use crate::cli::UpdateArgs;
@@ -21,7 +19,10 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
     if t == "-1" {
         return Ok(-1);
     }
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1i64 << 10),
         Some('m') => (&t[..t.len() - 1], 1 << 20),
@@ -30,7 +31,9 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
         Some('p') => (&t[..t.len() - 1], 1 << 50),
         _ => (t, 1),
     };
-    let n: f64 = num.parse().with_context(|| format!("invalid size {s:?}: use bytes or a k/m/g suffix"))?;
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("invalid size {s:?}: use bytes or a k/m/g suffix"))?;
     if n < 0.0 {
         bail!("invalid size {s:?}: must not be negative");
     }
