@@ -49,6 +49,11 @@ pub struct GlobalOpts {
     #[arg(long, global = true, default_value = "criu", value_name = "PATH")]
     pub criu: PathBuf,
 
+    /// Deadline of each CRIU request (dump, restore, …); CRIU is killed and
+    /// the container thawed when it passes. A Go duration: 30s, 5m
+    #[arg(long, global = true, default_value = "5m", value_name = "DURATION")]
+    pub criu_timeout: String,
+
     /// Enable systemd cgroup support (cgroupsPath is "slice:prefix:name")
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
@@ -101,6 +106,8 @@ pub enum Command {
     Spec(SpecArgs),
     /// Show the enabled features
     Features,
+    /// Say what this host can and cannot do for checkpoint/restore, and why
+    Check,
     /// Checkpoint a running container
     Checkpoint(CheckpointArgs),
     /// Restore a container from a previous checkpoint

@@ -8,7 +8,9 @@
 
 mod argv;
 mod bundle;
+mod checkpoint;
 mod cli;
+mod criu;
 mod commands;
 mod logging;
 mod store;
@@ -82,7 +84,8 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Events(a) => events::events(a, &ctx).map(|_| 0),
         Command::Update(a) => update::update(a, &ctx).map(|_| 0),
         Command::Spec(a) => spec::spec(a).map(|_| 0),
-        Command::Features => features::features().map(|_| 0),
+        Command::Features => features::features(&ctx).map(|_| 0),
+        Command::Check => check::check(&ctx),
         Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
         Command::Restore(a) => checkpoint::restore(a, &ctx).map(|_| 0),
     }

@@ -1,20 +1,221 @@
-//! `checkpoint` and `restore`: the CLI accepts every runc flag (and
-//! containerd's argv) so that callers get a clear answer, not a usage error.
-//! The CRIU engine behind them is the next milestone (docs/roadmap.md).
+//! `checkpoint` (runc's checkpoint.go) through the CRIU engine, and
+//! `restore` (not implemented yet).
+//!
+//! Order of work, so that a failure at any point leaves the container
+//! running and thawed and no image directory looking complete:
+//! validate options → load the container → gather facts → janitor armed →
+//! CRIU session: VERSION gate, FEATURE_CHECK gate (pre-dump, lazy pages),
+//! then DUMP/PRE_DUMP → close the session → manifest → destroy the container
+//! unless it keeps running.
 
-use anyhow::{bail, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{SecondsFormat, Utc};
+use libcontainer::container::{Container, ContainerStatus};
 
 use super::Ctx;
+use crate::checkpoint::images::{self, Manifest, MANIFEST_FORMAT};
+use crate::checkpoint::options::CheckpointOptions;
+use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::{CheckpointArgs, RestoreArgs};
+use crate::criu::gates::{self, format_version, MIN_VERSION};
+use crate::criu::janitor::{self, Action, Janitor};
+use crate::criu::session::{AcceptAll, Session, SessionConfig};
+use crate::criu::cancel;
+
+/// The annotation runc reads for a CRIU configuration file.
+pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+/// runc's default CRIU configuration file, used when the annotation is absent.
+pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
+
+pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
+    let d = humantime::parse_duration(&ctx.global.criu_timeout)
+        .with_context(|| format!("invalid --criu-timeout {:?}: use a duration such as 30s or 5m", ctx.global.criu_timeout))?;
+    if d.is_zero() {
+        bail!("invalid --criu-timeout {:?}: must be greater than 0", ctx.global.criu_timeout);
+    }
+    Ok(d)
+}
+
+/// Facts about a running container that the CRIU request needs.
+fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
+    let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
+    let root = spec.root().as_ref().context("config.json has no root")?;
+    let rootfs = if root.path().is_absolute() { root.path().clone() } else { c.bundle().join(root.path()) };
+    let rootfs = std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {} is gone", rootfs.display()))?;
+    let mut external_mounts = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+        if bind {
+            external_mounts.push(m.destination().display().to_string());
+        }
+    }
+    let masked_files = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            let inside = PathBuf::from(format!("/proc/{pid}/root{p}"));
+            inside.exists() && !inside.is_dir()
+        })
+        .collect();
+    let config_file = match spec.annotations().as_ref().and_then(|a| a.get(CRIU_CONFIG_ANNOTATION)) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)).filter(|p| p.exists()),
+    };
+    Ok(ContainerFacts {
+        init_pid: pid,
+        rootfs,
+        freeze_cgroup: janitor::freezer_of(pid).and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
+        external_mounts,
+        masked_files,
+        config_file,
+    })
+}
+
+/// runc's descriptors.json: where the init's stdio pointed at dump time.
+fn write_descriptors(pid: i32, dir: &Path) -> Result<()> {
+    let fds: Vec<String> = (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "/dev/null".to_string())
+        })
+        .collect();
+    std::fs::write(dir.join("descriptors.json"), serde_json::to_vec(&fds)?)
+        .with_context(|| format!("failed to write descriptors.json in {}", dir.display()))
+}
+
+fn make_dir(p: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("failed to create the {what} {}", p.display()))
+}
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
-    // Unknown containers still get the usual "does not exist".
-    ctx.store.load(&args.container_id)?;
-    bail!(
-        "checkpoint is not implemented yet in cntrlive-runtime {}: container \"{}\" was left untouched (see docs/roadmap.md; use runc for now)",
-        env!("CARGO_PKG_VERSION"),
-        args.container_id
-    )
+    let opts = CheckpointOptions::from_args(&args)?;
+    let timeout = criu_timeout(ctx)?;
+    let mut c = ctx.store.load(&opts.id)?;
+    let id = opts.id.clone();
+    match c.status() {
+        ContainerStatus::Running | ContainerStatus::Paused => {}
+        ContainerStatus::Created => bail!("cannot checkpoint container \"{id}\": it has not been started"),
+        _ => bail!("container \"{id}\" not running: nothing to checkpoint"),
+    }
+    let pid = c.pid().context("container has no init pid")?.as_raw();
+    let facts = container_facts(&c, pid)?;
+    let freezer = janitor::freezer_of(pid);
+    // A container paused by the caller (containerd pauses before it
+    // checkpoints) stays paused; otherwise it must never be left frozen.
+    let thaw = freezer.clone().filter(|(f, _)| c.status() != ContainerStatus::Paused && !janitor::is_frozen(f));
+
+    make_dir(&opts.image_path, "image directory")?;
+    make_dir(&opts.work_path, "work directory")?;
+    if let Some(parent) = &opts.parent_path {
+        let p = opts.image_path.join(parent);
+        if !p.is_dir() {
+            bail!("--parent-path {} does not exist (resolved against the image path: {})", parent.display(), p.display());
+        }
+    }
+    // Whatever was in the image dir is being replaced: from now until the
+    // manifest is written, the directory must not look complete.
+    images::invalidate(&opts.image_path);
+    write_descriptors(pid, &opts.image_path)?;
+
+    let images_dir = File::open(&opts.image_path).with_context(|| format!("failed to open {}", opts.image_path.display()))?;
+    let work_dir = File::open(&opts.work_path).with_context(|| format!("failed to open {}", opts.work_path.display()))?;
+
+    let cancel = cancel::install().context("failed to install signal handlers")?;
+    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    for m in images::completion_markers(&opts.image_path) {
+        janitor.arm(Action::Remove(m));
+    }
+    if let Some((f, v)) = &thaw {
+        janitor.arm(Action::Thaw(f.clone(), v.clone()));
+    }
+
+    let cfg = SessionConfig { criu: ctx.global.criu.clone(), timeout, work_dir: Some(opts.work_path.clone()) };
+    let result = (|| -> Result<u32> {
+        let mut session = Session::start(cfg, Some(cancel))?;
+        janitor.arm(Action::KillGroup(session.pgid()));
+        let version = gates::version(&mut session)?;
+        if version < MIN_VERSION {
+            bail!(
+                "CRIU {} at {} is too old: cntrlive-runtime needs CRIU >= {}",
+                format_version(version),
+                ctx.global.criu.display(),
+                format_version(MIN_VERSION)
+            );
+        }
+        if opts.pre_dump || opts.common.lazy_pages {
+            let f = gates::features(&mut session)?;
+            if opts.pre_dump && !f.mem_track {
+                bail!(gates::mem_track_missing());
+            }
+            if opts.common.lazy_pages && !f.lazy_pages {
+                bail!(gates::lazy_pages_missing());
+            }
+        }
+        use std::os::fd::AsRawFd;
+        let req = dump_request(&opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
+        session.request(&req, &mut AcceptAll)?;
+        session.close();
+        Ok(version)
+    })();
+
+    match result {
+        Ok(version) => {
+            Manifest {
+                format: MANIFEST_FORMAT,
+                kind: if opts.pre_dump { "pre-dump" } else { "dump" }.to_string(),
+                runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+                criu_version: format_version(version),
+                container_id: id.clone(),
+                created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                parent: opts.parent_path.clone(),
+            }
+            .write(&opts.image_path)?;
+            janitor.disarm();
+            if !opts.leave_running {
+                // As runc: CRIU killed the container; remove it.
+                c.delete(true).with_context(|| format!("checkpoint done, but failed to delete container \"{id}\""))?;
+            }
+            Ok(())
+        }
+        Err(err) => {
+            // The session is gone (CRIU killed and reaped). Undo now rather
+            // than leave it to the janitor, then disarm it.
+            if let Some((f, v)) = &thaw {
+                if janitor::is_frozen(f) {
+                    let _ = std::fs::write(f, v);
+                }
+            }
+            images::invalidate(&opts.image_path);
+            janitor.disarm();
+            Err(err).context(format!("checkpoint of container \"{id}\" failed; the container {}", left_as(&c)))
+        }
+    }
+}
+
+/// How the container was left after a failed checkpoint, for the message.
+fn left_as(c: &Container) -> &'static str {
+    let mut c = c.clone();
+    let _ = c.refresh_status();
+    match c.status() {
+        ContainerStatus::Running => "is still running",
+        ContainerStatus::Paused => "is still paused, as it was before",
+        _ => "is no longer running",
+    }
 }
 
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<()> {

@@ -23,7 +23,9 @@ fn mount_options() -> Vec<String> {
     libcontainer::syscall::linux::MountOption::known_options()
 }
 
-pub fn features() -> Result<()> {
+/// Also reports CRIU's version and the CRIU/kernel features checkpointing
+/// relies on, as `org.cntrlive.criu.*` annotations.
+pub fn features(ctx: &super::Ctx) -> Result<()> {
     use LinuxNamespaceType::*;
     let linux = LinuxFeatureBuilder::default()
         .namespaces(vec![Mount, Cgroup, Uts, Ipc, User, Pid, Network, Time])
@@ -60,6 +62,17 @@ pub fn features() -> Result<()> {
         "org.cntrlive.libcontainer.version".to_string(),
         "0.7.0".to_string(),
     );
+    match super::check::probe(ctx) {
+        Ok((v, f)) => {
+            annotations.insert("org.cntrlive.criu.version".into(), crate::criu::gates::format_version(v));
+            annotations.insert("org.cntrlive.criu.feature.mem_track".into(), f.mem_track.to_string());
+            annotations.insert("org.cntrlive.criu.feature.lazy_pages".into(), f.lazy_pages.to_string());
+            annotations.insert("org.cntrlive.criu.feature.pidfd_store".into(), f.pidfd_store.to_string());
+        }
+        Err(e) => {
+            annotations.insert("org.cntrlive.criu.version".into(), format!("unavailable: {e}"));
+        }
+    }
     let features = FeaturesBuilder::default()
         .oci_version_min("1.0.0")
         .oci_version_max(VERSION)

@@ -11,6 +11,7 @@ use libcontainer::container::Container;
 use crate::cli::GlobalOpts;
 use crate::store::Store;
 
+pub mod check;
 pub mod checkpoint;
 pub mod create;
 pub mod delete;

@@ -1,0 +1,179 @@
+//! Checkpoint options, validated at the edge (runc's `criuOptions()` in
+//! checkpoint.go): the library never sees raw strings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cli::{CheckpointArgs, CriuFlags};
+
+/// `--manage-cgroups-mode`, as CRIU's `criu_cg_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgMode {
+    Soft,
+    Full,
+    Strict,
+    Ignore,
+}
+
+impl CgMode {
+    pub fn parse(s: &str) -> Result<CgMode> {
+        Ok(match s {
+            "soft" => CgMode::Soft,
+            "full" => CgMode::Full,
+            "strict" => CgMode::Strict,
+            "ignore" => CgMode::Ignore,
+            _ => bail!("invalid --manage-cgroups-mode {s:?}: use soft, full, strict or ignore"),
+        })
+    }
+}
+
+/// `--empty-ns` values (runc supports only the network namespace).
+pub fn parse_empty_ns(values: &[String]) -> Result<u32> {
+    let mut mask = 0u32;
+    for v in values {
+        match v.as_str() {
+            "network" | "net" => mask |= libc::CLONE_NEWNET as u32,
+            other => bail!("invalid --empty-ns {other:?}: only \"network\" is supported"),
+        }
+    }
+    Ok(mask)
+}
+
+/// `ADDRESS:PORT` of a page server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageServer {
+    pub address: String,
+    pub port: u16,
+}
+
+impl PageServer {
+    pub fn parse(s: &str) -> Result<PageServer> {
+        let (addr, port) = s
+            .rsplit_once(':')
+            .with_context(|| format!("invalid --page-server {s:?}: use ADDRESS:PORT"))?;
+        let port: u16 = port.parse().with_context(|| format!("invalid --page-server port in {s:?}"))?;
+        if addr.is_empty() || port == 0 {
+            bail!("invalid --page-server {s:?}: use ADDRESS:PORT");
+        }
+        Ok(PageServer { address: addr.trim_matches(['[', ']']).to_string(), port })
+    }
+}
+
+/// Options shared with restore.
+#[derive(Debug, Clone, Default)]
+pub struct CriuCommon {
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub lazy_pages: bool,
+    pub manage_cgroups_mode: Option<CgMode>,
+    pub empty_ns: u32,
+    pub auto_dedup: bool,
+}
+
+impl CriuCommon {
+    pub fn from_flags(f: &CriuFlags) -> Result<CriuCommon> {
+        Ok(CriuCommon {
+            tcp_established: f.tcp_established,
+            ext_unix_sk: f.ext_unix_sk,
+            shell_job: f.shell_job,
+            file_locks: f.file_locks,
+            lazy_pages: f.lazy_pages,
+            manage_cgroups_mode: f.manage_cgroups_mode.as_deref().map(CgMode::parse).transpose()?,
+            empty_ns: parse_empty_ns(&f.empty_ns)?,
+            auto_dedup: f.auto_dedup,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub id: String,
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    /// Relative to `image_path`, as CRIU wants it.
+    pub parent_path: Option<PathBuf>,
+    pub leave_running: bool,
+    pub pre_dump: bool,
+    pub tcp_skip_in_flight: bool,
+    pub link_remap: bool,
+    pub page_server: Option<PageServer>,
+    pub status_fd: Option<i32>,
+    pub common: CriuCommon,
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+impl CheckpointOptions {
+    pub fn from_args(a: &CheckpointArgs) -> Result<CheckpointOptions> {
+        crate::store::validate_id(&a.container_id)?;
+        // runc: image path defaults to ./checkpoint, work path to the image path.
+        let image_path = absolute(a.image_path.as_deref().unwrap_or(Path::new("checkpoint")))?;
+        let work_path = match &a.work_path {
+            Some(w) => absolute(w)?,
+            None => image_path.clone(),
+        };
+        if let Some(parent) = &a.parent_path {
+            if parent.is_absolute() {
+                bail!(
+                    "--parent-path {} must be relative to the image path (e.g. ../pre1), so the chain survives being moved",
+                    parent.display()
+                );
+            }
+        }
+        let common = CriuCommon::from_flags(&a.criu)?;
+        if a.pre_dump && a.criu.lazy_pages {
+            bail!("--pre-dump and --lazy-pages cannot be combined");
+        }
+        if a.status_fd.is_some() && !a.criu.lazy_pages {
+            bail!("--status-fd is only meaningful with --lazy-pages");
+        }
+        Ok(CheckpointOptions {
+            id: a.container_id.clone(),
+            image_path,
+            work_path,
+            parent_path: a.parent_path.clone(),
+            leave_running: a.leave_running || a.pre_dump,
+            pre_dump: a.pre_dump,
+            tcp_skip_in_flight: a.tcp_skip_in_flight,
+            link_remap: a.link_remap,
+            page_server: a.page_server.as_deref().map(PageServer::parse).transpose()?,
+            status_fd: a.status_fd,
+            common,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cg_modes_ok() {
+        assert_eq!(CgMode::parse("strict").unwrap(), CgMode::Strict);
+        assert!(CgMode::parse("hard").is_err());
+    }
+
+    #[test]
+    fn page_server_ok() {
+        assert_eq!(PageServer::parse("10.0.0.1:2000").unwrap(), PageServer { address: "10.0.0.1".into(), port: 2000 });
+        assert_eq!(PageServer::parse("[::1]:27").unwrap().address, "::1");
+    }
+
+    #[test]
+    fn page_server_ng() {
+        for s in ["host", ":1", "h:0", "h:x"] {
+            assert!(PageServer::parse(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn empty_ns_ng() {
+        assert!(parse_empty_ns(&["pid".into()]).is_err());
+        assert_eq!(parse_empty_ns(&["network".into()]).unwrap(), libc::CLONE_NEWNET as u32);
+    }
+}

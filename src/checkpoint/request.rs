@@ -1,0 +1,167 @@
+//! The CRIU request for a checkpoint, built by a pure function from the
+//! validated options and facts about the container. Mirrors what runc's
+//! `Checkpoint` (libcontainer/criu_linux.go) puts into `CriuOpts`.
+
+use std::path::PathBuf;
+
+use protobuf::{EnumOrUnknown, MessageField};
+
+use super::options::{CgMode, CheckpointOptions};
+use crate::criu::rpc::{Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type, Ext_mount_map};
+use crate::criu::session::request;
+
+/// CRIU's log level in our requests (runc uses 4, everything).
+pub const LOG_LEVEL: i32 = 4;
+
+/// What the request needs to know about the running container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFacts {
+    pub init_pid: i32,
+    /// The container's root filesystem as the host sees it.
+    pub rootfs: PathBuf,
+    /// The cgroup CRIU freezes (v1 freezer dir, v2 cgroup dir).
+    pub freeze_cgroup: Option<PathBuf>,
+    /// Destinations of bind mounts: CRIU dumps them as external mounts.
+    pub external_mounts: Vec<String>,
+    /// Masked files (bind mounts of /dev/null).
+    pub masked_files: Vec<String>,
+    /// A CRIU configuration file (`org.criu.config`, /etc/criu/runc.conf).
+    pub config_file: Option<PathBuf>,
+}
+
+pub fn log_name(o: &CheckpointOptions) -> &'static str {
+    if o.pre_dump {
+        "pre-dump.log"
+    } else {
+        "dump.log"
+    }
+}
+
+fn cg_mode(m: CgMode) -> Criu_cg_mode {
+    match m {
+        CgMode::Soft => Criu_cg_mode::SOFT,
+        CgMode::Full => Criu_cg_mode::FULL,
+        CgMode::Strict => Criu_cg_mode::STRICT,
+        CgMode::Ignore => Criu_cg_mode::IGNORE,
+    }
+}
+
+fn ext_mount(key: &str, val: &str) -> Ext_mount_map {
+    let mut m = Ext_mount_map::new();
+    m.key = Some(key.to_string());
+    m.val = Some(val.to_string());
+    m
+}
+
+/// DUMP (or PRE_DUMP) for the container described by `f`.
+pub fn dump_request(o: &CheckpointOptions, f: &ContainerFacts, images_fd: i32, work_fd: i32) -> Criu_req {
+    let mut opts = Criu_opts::new();
+    opts.images_dir_fd = Some(images_fd);
+    opts.work_dir_fd = Some(work_fd);
+    opts.log_level = Some(LOG_LEVEL);
+    opts.log_file = Some(log_name(o).to_string());
+    opts.root = Some(f.rootfs.display().to_string());
+    opts.pid = Some(f.init_pid);
+    opts.manage_cgroups = Some(true);
+    opts.notify_scripts = Some(true);
+    opts.orphan_pts_master = Some(true);
+    opts.shell_job = Some(o.common.shell_job);
+    opts.leave_running = Some(o.leave_running);
+    opts.tcp_established = Some(o.common.tcp_established);
+    opts.tcp_skip_in_flight = Some(o.tcp_skip_in_flight);
+    opts.link_remap = Some(o.link_remap);
+    opts.ext_unix_sk = Some(o.common.ext_unix_sk);
+    opts.file_locks = Some(o.common.file_locks);
+    opts.auto_dedup = Some(o.common.auto_dedup);
+    opts.lazy_pages = Some(o.common.lazy_pages);
+    if o.common.empty_ns != 0 {
+        opts.empty_ns = Some(o.common.empty_ns);
+    }
+    if let Some(m) = o.common.manage_cgroups_mode {
+        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
+    }
+    if let Some(cg) = &f.freeze_cgroup {
+        opts.freeze_cgroup = Some(cg.display().to_string());
+    }
+    if let Some(ps) = &o.page_server {
+        let mut info = Criu_page_server_info::new();
+        info.address = Some(ps.address.clone());
+        info.port = Some(ps.port as i32);
+        opts.ps = MessageField::some(info);
+    }
+    if let Some(fd) = o.status_fd {
+        opts.status_fd = Some(fd);
+    }
+    if let Some(parent) = &o.parent_path {
+        opts.parent_img = Some(parent.display().to_string());
+        opts.track_mem = Some(true);
+    }
+    if o.pre_dump {
+        opts.track_mem = Some(true);
+    }
+    for dest in &f.external_mounts {
+        opts.ext_mnt.push(ext_mount(dest, dest));
+    }
+    for masked in &f.masked_files {
+        opts.ext_mnt.push(ext_mount(masked, "/dev/null"));
+    }
+    if let Some(cfg) = &f.config_file {
+        opts.config_file = Some(cfg.display().to_string());
+    }
+    let mut req = request(if o.pre_dump { Criu_req_type::PRE_DUMP } else { Criu_req_type::DUMP });
+    req.opts = MessageField::some(opts);
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::options::CriuCommon;
+
+    fn opts(pre_dump: bool) -> CheckpointOptions {
+        CheckpointOptions {
+            id: "c".into(),
+            image_path: "/img".into(),
+            work_path: "/img".into(),
+            parent_path: Some("../pre1".into()),
+            leave_running: pre_dump,
+            pre_dump,
+            tcp_skip_in_flight: false,
+            link_remap: false,
+            page_server: None,
+            status_fd: None,
+            common: CriuCommon { tcp_established: true, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn dump_request_carries_options_ok() {
+        let f = ContainerFacts {
+            init_pid: 42,
+            rootfs: "/b/rootfs".into(),
+            freeze_cgroup: Some("/sys/fs/cgroup/freezer/c".into()),
+            external_mounts: vec!["/data".into()],
+            masked_files: vec!["/proc/kcore".into()],
+            config_file: None,
+        };
+        let r = dump_request(&opts(false), &f, 5, 6);
+        assert_eq!(r.type_(), Criu_req_type::DUMP);
+        let o = r.opts.as_ref().unwrap();
+        assert_eq!((o.pid(), o.images_dir_fd(), o.work_dir_fd()), (42, 5, 6));
+        assert!(o.tcp_established() && o.track_mem() && !o.leave_running());
+        assert_eq!(o.parent_img(), "../pre1");
+        assert_eq!(o.freeze_cgroup(), "/sys/fs/cgroup/freezer/c");
+        assert_eq!(o.ext_mnt.len(), 2);
+        assert_eq!(o.ext_mnt[1].val(), "/dev/null");
+        assert_eq!(o.log_file(), "dump.log");
+    }
+
+    #[test]
+    fn pre_dump_request_ok() {
+        let r = dump_request(&opts(true), &ContainerFacts::default(), 5, 6);
+        assert_eq!(r.type_(), Criu_req_type::PRE_DUMP);
+        let o = r.opts.as_ref().unwrap();
+        assert!(o.track_mem() && o.leave_running());
+        assert_eq!(o.log_file(), "pre-dump.log");
+    }
+}

@@ -1,0 +1,263 @@
+//! A guard process for one CRIU operation.
+//!
+//! If the runtime is killed (SIGKILL included) while CRIU works, nothing in
+//! the runtime can clean up. The janitor can: it is forked before CRIU,
+//! lives in its own session, and holds the read end of a pipe. The runtime
+//! tells it what to undo ("kill CRIU's group 123", "thaw this cgroup",
+//! "invalidate these images"); at the end of the operation it says "done"
+//! and the janitor exits doing nothing. If the pipe reaches EOF without
+//! "done" — the runtime died or unwound without disarming — the janitor
+//! does the undo itself: kills CRIU's process group first (so CRIU stops
+//! touching the container), then thaws, kills half-restored trees and
+//! removes the marker files. Cost: one fork and a few writes per operation.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, signal, SigHandler, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+
+/// One thing to undo if the operation is abandoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// SIGKILL a process group (CRIU's).
+    KillGroup(Pid),
+    /// Write `value` into a cgroup freezer file (v1 `freezer.state` ←
+    /// `THAWED`, v2 `cgroup.freeze` ← `0`).
+    Thaw(PathBuf, String),
+    /// SIGKILL a process (a half-restored container init).
+    Kill(Pid),
+    /// Remove a file (e.g. `inventory.img`, so half-written images never
+    /// look complete).
+    Remove(PathBuf),
+}
+
+impl Action {
+    fn encode(&self) -> String {
+        match self {
+            Action::KillGroup(p) => format!("killpg {p}\n"),
+            Action::Thaw(f, v) => format!("thaw {v} {}\n", f.display()),
+            Action::Kill(p) => format!("kill {p}\n"),
+            Action::Remove(f) => format!("rm {}\n", f.display()),
+        }
+    }
+
+    fn decode(line: &str) -> Option<Action> {
+        let (verb, rest) = line.split_once(' ')?;
+        match verb {
+            "killpg" => rest.parse().ok().map(|p| Action::KillGroup(Pid::from_raw(p))),
+            "kill" => rest.parse().ok().map(|p| Action::Kill(Pid::from_raw(p))),
+            "thaw" => {
+                let (v, f) = rest.split_once(' ')?;
+                Some(Action::Thaw(PathBuf::from(f), v.to_string()))
+            }
+            "rm" => Some(Action::Remove(PathBuf::from(rest))),
+            _ => None,
+        }
+    }
+
+    fn run(&self) {
+        match self {
+            Action::KillGroup(p) => {
+                let _ = killpg(*p, Signal::SIGKILL);
+            }
+            Action::Kill(p) => {
+                let _ = kill(*p, Signal::SIGKILL);
+            }
+            Action::Thaw(f, v) => {
+                let _ = std::fs::write(f, v);
+            }
+            Action::Remove(f) => {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
+pub struct Janitor {
+    pid: Pid,
+    pipe: Option<File>,
+}
+
+fn close_all_but(keep: i32) {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds {
+        if fd != keep && fd > 2 {
+            // SAFETY: closing descriptors inherited from the runtime.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // stdio: never hold the container's (or the shim's) pipes open.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto stdio.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn child_main(read: OwnedFd) -> ! {
+    let _ = setsid();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: setting a signal disposition to ignore.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    close_all_but(read.as_raw_fd());
+    let reader = BufReader::new(File::from(read));
+    let mut actions = Vec::new();
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if line == "done" {
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        if let Some(a) = Action::decode(&line) {
+            actions.push(a);
+        }
+    }
+    // EOF without "done": the operation was abandoned. Stop CRIU first.
+    let (groups, rest): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| matches!(a, Action::KillGroup(_)));
+    for a in &groups {
+        a.run();
+    }
+    if !groups.is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for a in &rest {
+        a.run();
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+impl Janitor {
+    /// Fork the guard. Call before anything that must be undone starts.
+    pub fn spawn() -> std::io::Result<Janitor> {
+        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // SAFETY: the runtime is single-threaded here; the child only reads
+        // a pipe, signals, writes files and _exits.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                drop(write);
+                child_main(read)
+            }
+            ForkResult::Parent { child } => {
+                drop(read);
+                Ok(Janitor { pid: child, pipe: Some(File::from(write)) })
+            }
+        }
+    }
+
+    /// Add something to undo if the operation is abandoned.
+    pub fn arm(&mut self, action: Action) {
+        if let Some(p) = &mut self.pipe {
+            if let Err(err) = p.write_all(action.encode().as_bytes()) {
+                tracing::warn!(?err, ?action, "failed to tell the janitor");
+            }
+        }
+    }
+
+    /// The operation ended (well, or its failure was handled): nothing to undo.
+    pub fn disarm(mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"done\n");
+        }
+        let _ = waitpid(self.pid, None);
+    }
+
+    /// Abandon now: the janitor runs every armed action, and is reaped.
+    pub fn abandon(mut self) {
+        self.pipe.take();
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        if self.pipe.take().is_some() {
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+/// The freezer control file of the cgroup `pid` is in, and the value that
+/// thaws it: v1 `freezer.state` ← `THAWED`, v2 `cgroup.freeze` ← `0`.
+pub fn freezer_of(pid: i32) -> Option<(PathBuf, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if ctrls.split(',').any(|c| c == "freezer") {
+            return Some((
+                Path::new("/sys/fs/cgroup/freezer").join(path.trim_start_matches('/')).join("freezer.state"),
+                "THAWED".to_string(),
+            ));
+        }
+    }
+    for line in text.lines() {
+        if let Some(path) = line.strip_prefix("0::") {
+            for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                let f = Path::new(base).join(path.trim_start_matches('/')).join("cgroup.freeze");
+                if f.exists() {
+                    return Some((f, "0".to_string()));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Is that freezer file saying "frozen"?
+pub fn is_frozen(file: &Path) -> bool {
+    std::fs::read_to_string(file)
+        .map(|s| {
+            let s = s.trim();
+            s == "FROZEN" || s == "FREEZING" || s == "1"
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_roundtrip_ok() {
+        for a in [
+            Action::KillGroup(Pid::from_raw(12)),
+            Action::Kill(Pid::from_raw(7)),
+            Action::Thaw(PathBuf::from("/sys/fs/cgroup/freezer/a b/freezer.state"), "THAWED".into()),
+            Action::Remove(PathBuf::from("/img/inventory.img")),
+        ] {
+            assert_eq!(Action::decode(a.encode().trim_end()), Some(a.clone()));
+        }
+    }
+
+    #[test]
+    fn abandoned_janitor_runs_actions_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("inventory.img");
+        std::fs::write(&marker, "x").unwrap();
+        let mut j = Janitor::spawn().unwrap();
+        j.arm(Action::Remove(marker.clone()));
+        j.abandon();
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn disarmed_janitor_does_nothing_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("inventory.img");
+        std::fs::write(&marker, "x").unwrap();
+        let mut j = Janitor::spawn().unwrap();
+        j.arm(Action::Remove(marker.clone()));
+        j.disarm();
+        assert!(marker.exists());
+    }
+}

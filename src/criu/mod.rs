@@ -1,0 +1,25 @@
+//! The CRIU engine: the only place that starts CRIU and talks to it.
+//!
+//! - [`session`]: one supervised `criu swrk` process per operation, several
+//!   requests in a row (VERSION, FEATURE_CHECK, PRE_DUMP…, DUMP), every
+//!   NOTIFY answered, a deadline per request, cancellation by signal, and
+//!   CRIU's process group killed and reaped on every path.
+//! - [`janitor`]: a small guard process that undoes what an interrupted
+//!   operation left behind (CRIU still running, a frozen cgroup, a
+//!   half-restored tree) if the runtime itself dies, even by SIGKILL.
+//! - [`cancel`]: SIGINT/SIGTERM/SIGHUP turned into a pollable fd.
+//! - [`log`]: the `Error` lines of CRIU's log, with hints for known failures.
+//! - [`gates`]: the CRIU version and features we rely on, as named constants,
+//!   and the host check behind `cntrlive-runtime check`.
+//!
+//! Mirrors runc's `criuSwrk` (libcontainer/criu_linux.go) in what it sends;
+//! differs in that runc has no deadline, no cancellation, cannot carry more
+//! than one request, and waits forever for CRIU after a pre-dump.
+
+pub mod cancel;
+pub mod gates;
+pub mod janitor;
+pub mod log;
+pub mod session;
+
+pub use rust_criu::rust_criu_protobuf::rpc;
