@@ -10,8 +10,8 @@ mod argv;
 mod bundle;
 mod checkpoint;
 mod cli;
-mod criu;
 mod commands;
+mod criu;
 mod logging;
 mod store;
 

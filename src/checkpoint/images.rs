@@ -46,7 +46,8 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
         };
-        let m: Manifest = serde_json::from_slice(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let m: Manifest =
+            serde_json::from_slice(&text).with_context(|| format!("invalid {}", path.display()))?;
         if m.format > MANIFEST_FORMAT {
             bail!(
                 "{} has format {} but this cntrlive-runtime reads format {MANIFEST_FORMAT} at most: upgrade cntrlive-runtime",
@@ -99,7 +100,10 @@ mod tests {
         let mut m = manifest();
         m.format = MANIFEST_FORMAT + 1;
         m.write(d.path()).unwrap();
-        assert!(Manifest::load(d.path()).unwrap_err().to_string().contains("upgrade"));
+        assert!(Manifest::load(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade"));
     }
 
     #[test]

@@ -52,11 +52,16 @@ impl PageServer {
         let (addr, port) = s
             .rsplit_once(':')
             .with_context(|| format!("invalid --page-server {s:?}: use ADDRESS:PORT"))?;
-        let port: u16 = port.parse().with_context(|| format!("invalid --page-server port in {s:?}"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("invalid --page-server port in {s:?}"))?;
         if addr.is_empty() || port == 0 {
             bail!("invalid --page-server {s:?}: use ADDRESS:PORT");
         }
-        Ok(PageServer { address: addr.trim_matches(['[', ']']).to_string(), port })
+        Ok(PageServer {
+            address: addr.trim_matches(['[', ']']).to_string(),
+            port,
+        })
     }
 }
 
@@ -81,7 +86,11 @@ impl CriuCommon {
             shell_job: f.shell_job,
             file_locks: f.file_locks,
             lazy_pages: f.lazy_pages,
-            manage_cgroups_mode: f.manage_cgroups_mode.as_deref().map(CgMode::parse).transpose()?,
+            manage_cgroups_mode: f
+                .manage_cgroups_mode
+                .as_deref()
+                .map(CgMode::parse)
+                .transpose()?,
             empty_ns: parse_empty_ns(&f.empty_ns)?,
             auto_dedup: f.auto_dedup,
         })
@@ -105,7 +114,11 @@ pub struct CheckpointOptions {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 impl CheckpointOptions {
@@ -141,7 +154,11 @@ impl CheckpointOptions {
             pre_dump: a.pre_dump,
             tcp_skip_in_flight: a.tcp_skip_in_flight,
             link_remap: a.link_remap,
-            page_server: a.page_server.as_deref().map(PageServer::parse).transpose()?,
+            page_server: a
+                .page_server
+                .as_deref()
+                .map(PageServer::parse)
+                .transpose()?,
             status_fd: a.status_fd,
             common,
         })
@@ -160,7 +177,13 @@ mod tests {
 
     #[test]
     fn page_server_ok() {
-        assert_eq!(PageServer::parse("10.0.0.1:2000").unwrap(), PageServer { address: "10.0.0.1".into(), port: 2000 });
+        assert_eq!(
+            PageServer::parse("10.0.0.1:2000").unwrap(),
+            PageServer {
+                address: "10.0.0.1".into(),
+                port: 2000
+            }
+        );
         assert_eq!(PageServer::parse("[::1]:27").unwrap().address, "::1");
     }
 
@@ -174,6 +197,9 @@ mod tests {
     #[test]
     fn empty_ns_ng() {
         assert!(parse_empty_ns(&["pid".into()]).is_err());
-        assert_eq!(parse_empty_ns(&["network".into()]).unwrap(), libc::CLONE_NEWNET as u32);
+        assert_eq!(
+            parse_empty_ns(&["network".into()]).unwrap(),
+            libc::CLONE_NEWNET as u32
+        );
     }
 }

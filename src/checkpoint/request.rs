@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use protobuf::{EnumOrUnknown, MessageField};
 
 use super::options::{CgMode, CheckpointOptions};
-use crate::criu::rpc::{Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type, Ext_mount_map};
+use crate::criu::rpc::{
+    Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type, Ext_mount_map,
+};
 use crate::criu::session::request;
 
 /// CRIU's log level in our requests (runc uses 4, everything).
@@ -54,7 +56,12 @@ fn ext_mount(key: &str, val: &str) -> Ext_mount_map {
 }
 
 /// DUMP (or PRE_DUMP) for the container described by `f`.
-pub fn dump_request(o: &CheckpointOptions, f: &ContainerFacts, images_fd: i32, work_fd: i32) -> Criu_req {
+pub fn dump_request(
+    o: &CheckpointOptions,
+    f: &ContainerFacts,
+    images_fd: i32,
+    work_fd: i32,
+) -> Criu_req {
     let mut opts = Criu_opts::new();
     opts.images_dir_fd = Some(images_fd);
     opts.work_dir_fd = Some(work_fd);
@@ -108,7 +115,11 @@ pub fn dump_request(o: &CheckpointOptions, f: &ContainerFacts, images_fd: i32, w
     if let Some(cfg) = &f.config_file {
         opts.config_file = Some(cfg.display().to_string());
     }
-    let mut req = request(if o.pre_dump { Criu_req_type::PRE_DUMP } else { Criu_req_type::DUMP });
+    let mut req = request(if o.pre_dump {
+        Criu_req_type::PRE_DUMP
+    } else {
+        Criu_req_type::DUMP
+    });
     req.opts = MessageField::some(opts);
     req
 }
@@ -130,7 +141,10 @@ mod tests {
             link_remap: false,
             page_server: None,
             status_fd: None,
-            common: CriuCommon { tcp_established: true, ..Default::default() },
+            common: CriuCommon {
+                tcp_established: true,
+                ..Default::default()
+            },
         }
     }
 

@@ -9,7 +9,11 @@ use crate::criu::session::{Session, SessionConfig};
 
 /// CRIU's version and features, probed in one session.
 pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
-    let cfg = SessionConfig { criu: ctx.global.criu.clone(), timeout: criu_timeout(ctx)?, work_dir: None };
+    let cfg = SessionConfig {
+        criu: ctx.global.criu.clone(),
+        timeout: criu_timeout(ctx)?,
+        work_dir: None,
+    };
     let mut s = Session::start(cfg, None)?;
     let v = gates::version(&mut s)?;
     let f = gates::features(&mut s)?;
@@ -18,39 +22,103 @@ pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
 }
 
 fn line(ok: bool, what: &str, why: &str) -> bool {
-    println!("{} {what}{}", if ok { "[ok]  " } else { "[no]  " }, if why.is_empty() { String::new() } else { format!(": {why}") });
+    println!(
+        "{} {what}{}",
+        if ok { "[ok]  " } else { "[no]  " },
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        }
+    );
     ok
 }
 
 pub fn check(ctx: &Ctx) -> Result<i32> {
     let host = gates::host_facts();
-    println!("cntrlive-runtime {} on kernel {}, cgroup {}", env!("CARGO_PKG_VERSION"),
-        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(), host.cgroup);
+    println!(
+        "cntrlive-runtime {} on kernel {}, cgroup {}",
+        env!("CARGO_PKG_VERSION"),
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        host.cgroup
+    );
     let mut all = true;
     match probe(ctx) {
         Ok((v, f)) => {
-            all &= line(v >= MIN_VERSION, &format!("CRIU {} ({})", format_version(v), ctx.global.criu.display()),
-                &if v >= MIN_VERSION { String::new() } else { format!("needs >= {}", format_version(MIN_VERSION)) });
+            all &= line(
+                v >= MIN_VERSION,
+                &format!("CRIU {} ({})", format_version(v), ctx.global.criu.display()),
+                &if v >= MIN_VERSION {
+                    String::new()
+                } else {
+                    format!("needs >= {}", format_version(MIN_VERSION))
+                },
+            );
             if v < gates::INET_ON_NEW_KERNELS {
-                line(false, "dumping INET sockets", "CRIU < 4.2 cannot on kernels >= 6.16; install CRIU 4.2.1");
+                line(
+                    false,
+                    "dumping INET sockets",
+                    "CRIU < 4.2 cannot on kernels >= 6.16; install CRIU 4.2.1",
+                );
             }
             line(true, "checkpoint and restore", "");
-            all &= line(f.mem_track, "pre-dump (iterative pre-copy, --pre-dump)",
-                if f.mem_track { "dirty-memory tracking works" } else { "kernel lacks CONFIG_MEM_SOFT_DIRTY (no dirty-memory tracking); use --lazy-pages or a kernel with soft-dirty" });
-            all &= line(f.lazy_pages, "lazy pages (post-copy, --lazy-pages)",
-                if f.lazy_pages { "userfaultfd works" } else { "userfaultfd unavailable (CONFIG_USERFAULTFD or permissions)" });
-            line(f.pidfd_store, "pidfd store", if f.pidfd_store { "" } else { "CRIU cannot keep pidfds across pre-dumps; pid reuse is not detected" });
+            all &= line(
+                f.mem_track,
+                "pre-dump (iterative pre-copy, --pre-dump)",
+                if f.mem_track {
+                    "dirty-memory tracking works"
+                } else {
+                    "kernel lacks CONFIG_MEM_SOFT_DIRTY (no dirty-memory tracking); use --lazy-pages or a kernel with soft-dirty"
+                },
+            );
+            all &= line(
+                f.lazy_pages,
+                "lazy pages (post-copy, --lazy-pages)",
+                if f.lazy_pages {
+                    "userfaultfd works"
+                } else {
+                    "userfaultfd unavailable (CONFIG_USERFAULTFD or permissions)"
+                },
+            );
+            line(
+                f.pidfd_store,
+                "pidfd store",
+                if f.pidfd_store {
+                    ""
+                } else {
+                    "CRIU cannot keep pidfds across pre-dumps; pid reuse is not detected"
+                },
+            );
         }
         Err(e) => {
             all = false;
             line(false, "CRIU", &format!("{e:#}"));
         }
     }
-    all &= line(host.iptables_restore, "iptables-restore (CRIU's network lock)",
-        if host.iptables_restore { "" } else { "missing: install iptables" });
-    let pipe_ok = host.pipe_max_size.map(|s| s >= LAZY_PIPE_SIZE).unwrap_or(false);
-    line(pipe_ok, "fs.pipe-max-size for lazy pages",
-        &if pipe_ok { String::new() } else { format!("{} bytes; CRIU's page server needs >= {LAZY_PIPE_SIZE}: echo 8388608 > /proc/sys/fs/pipe-max-size", host.pipe_max_size.unwrap_or(0)) });
+    all &= line(
+        host.iptables_restore,
+        "iptables-restore (CRIU's network lock)",
+        if host.iptables_restore {
+            ""
+        } else {
+            "missing: install iptables"
+        },
+    );
+    let pipe_ok = host
+        .pipe_max_size
+        .map(|s| s >= LAZY_PIPE_SIZE)
+        .unwrap_or(false);
+    line(
+        pipe_ok,
+        "fs.pipe-max-size for lazy pages",
+        &if pipe_ok {
+            String::new()
+        } else {
+            format!("{} bytes; CRIU's page server needs >= {LAZY_PIPE_SIZE}: echo 8388608 > /proc/sys/fs/pipe-max-size", host.pipe_max_size.unwrap_or(0))
+        },
+    );
     line(host.userfaultfd, "userfaultfd(2) for this process", "");
     Ok(if all { 0 } else { 1 })
 }

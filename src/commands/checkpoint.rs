@@ -21,10 +21,10 @@ use crate::checkpoint::images::{self, Manifest, MANIFEST_FORMAT};
 use crate::checkpoint::options::CheckpointOptions;
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::{CheckpointArgs, RestoreArgs};
+use crate::criu::cancel;
 use crate::criu::gates::{self, format_version, MIN_VERSION};
 use crate::criu::janitor::{self, Action, Janitor};
 use crate::criu::session::{AcceptAll, Session, SessionConfig};
-use crate::criu::cancel;
 
 /// The annotation runc reads for a CRIU configuration file.
 pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
@@ -32,10 +32,17 @@ pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
 pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
 
 pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
-    let d = humantime::parse_duration(&ctx.global.criu_timeout)
-        .with_context(|| format!("invalid --criu-timeout {:?}: use a duration such as 30s or 5m", ctx.global.criu_timeout))?;
+    let d = humantime::parse_duration(&ctx.global.criu_timeout).with_context(|| {
+        format!(
+            "invalid --criu-timeout {:?}: use a duration such as 30s or 5m",
+            ctx.global.criu_timeout
+        )
+    })?;
     if d.is_zero() {
-        bail!("invalid --criu-timeout {:?}: must be greater than 0", ctx.global.criu_timeout);
+        bail!(
+            "invalid --criu-timeout {:?}: must be greater than 0",
+            ctx.global.criu_timeout
+        );
     }
     Ok(d)
 }
@@ -44,12 +51,20 @@ pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
 fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
-    let rootfs = if root.path().is_absolute() { root.path().clone() } else { c.bundle().join(root.path()) };
-    let rootfs = std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {} is gone", rootfs.display()))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        c.bundle().join(root.path())
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .with_context(|| format!("rootfs {} is gone", rootfs.display()))?;
     let mut external_mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let bind = m.typ().as_deref() == Some("bind")
-            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
         if bind {
             external_mounts.push(m.destination().display().to_string());
         }
@@ -65,7 +80,11 @@ fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
             inside.exists() && !inside.is_dir()
         })
         .collect();
-    let config_file = match spec.annotations().as_ref().and_then(|a| a.get(CRIU_CONFIG_ANNOTATION)) {
+    let config_file = match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
+    {
         Some(v) if v.is_empty() => None,
         Some(v) => Some(PathBuf::from(v)),
         None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)).filter(|p| p.exists()),
@@ -73,7 +92,8 @@ fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
     Ok(ContainerFacts {
         init_pid: pid,
         rootfs,
-        freeze_cgroup: janitor::freezer_of(pid).and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
+        freeze_cgroup: janitor::freezer_of(pid)
+            .and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
         external_mounts,
         masked_files,
         config_file,
@@ -109,7 +129,9 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let id = opts.id.clone();
     match c.status() {
         ContainerStatus::Running | ContainerStatus::Paused => {}
-        ContainerStatus::Created => bail!("cannot checkpoint container \"{id}\": it has not been started"),
+        ContainerStatus::Created => {
+            bail!("cannot checkpoint container \"{id}\": it has not been started")
+        }
         _ => bail!("container \"{id}\" not running: nothing to checkpoint"),
     }
     let pid = c.pid().context("container has no init pid")?.as_raw();
@@ -117,14 +139,20 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let freezer = janitor::freezer_of(pid);
     // A container paused by the caller (containerd pauses before it
     // checkpoints) stays paused; otherwise it must never be left frozen.
-    let thaw = freezer.clone().filter(|(f, _)| c.status() != ContainerStatus::Paused && !janitor::is_frozen(f));
+    let thaw = freezer
+        .clone()
+        .filter(|(f, _)| c.status() != ContainerStatus::Paused && !janitor::is_frozen(f));
 
     make_dir(&opts.image_path, "image directory")?;
     make_dir(&opts.work_path, "work directory")?;
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
         if !p.is_dir() {
-            bail!("--parent-path {} does not exist (resolved against the image path: {})", parent.display(), p.display());
+            bail!(
+                "--parent-path {} does not exist (resolved against the image path: {})",
+                parent.display(),
+                p.display()
+            );
         }
     }
     // Whatever was in the image dir is being replaced: from now until the
@@ -132,8 +160,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     images::invalidate(&opts.image_path);
     write_descriptors(pid, &opts.image_path)?;
 
-    let images_dir = File::open(&opts.image_path).with_context(|| format!("failed to open {}", opts.image_path.display()))?;
-    let work_dir = File::open(&opts.work_path).with_context(|| format!("failed to open {}", opts.work_path.display()))?;
+    let images_dir = File::open(&opts.image_path)
+        .with_context(|| format!("failed to open {}", opts.image_path.display()))?;
+    let work_dir = File::open(&opts.work_path)
+        .with_context(|| format!("failed to open {}", opts.work_path.display()))?;
 
     let cancel = cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
@@ -144,7 +174,11 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         janitor.arm(Action::Thaw(f.clone(), v.clone()));
     }
 
-    let cfg = SessionConfig { criu: ctx.global.criu.clone(), timeout, work_dir: Some(opts.work_path.clone()) };
+    let cfg = SessionConfig {
+        criu: ctx.global.criu.clone(),
+        timeout,
+        work_dir: Some(opts.work_path.clone()),
+    };
     let result = (|| -> Result<u32> {
         let mut session = Session::start(cfg, Some(cancel))?;
         janitor.arm(Action::KillGroup(session.pgid()));
@@ -188,7 +222,9 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             janitor.disarm();
             if !opts.leave_running {
                 // As runc: CRIU killed the container; remove it.
-                c.delete(true).with_context(|| format!("checkpoint done, but failed to delete container \"{id}\""))?;
+                c.delete(true).with_context(|| {
+                    format!("checkpoint done, but failed to delete container \"{id}\"")
+                })?;
             }
             Ok(())
         }
@@ -202,7 +238,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             }
             images::invalidate(&opts.image_path);
             janitor.disarm();
-            Err(err).context(format!("checkpoint of container \"{id}\" failed; the container {}", left_as(&c)))
+            Err(err).context(format!(
+                "checkpoint of container \"{id}\" failed; the container {}",
+                left_as(&c)
+            ))
         }
     }
 }

@@ -64,13 +64,28 @@ pub fn features(ctx: &super::Ctx) -> Result<()> {
     );
     match super::check::probe(ctx) {
         Ok((v, f)) => {
-            annotations.insert("org.cntrlive.criu.version".into(), crate::criu::gates::format_version(v));
-            annotations.insert("org.cntrlive.criu.feature.mem_track".into(), f.mem_track.to_string());
-            annotations.insert("org.cntrlive.criu.feature.lazy_pages".into(), f.lazy_pages.to_string());
-            annotations.insert("org.cntrlive.criu.feature.pidfd_store".into(), f.pidfd_store.to_string());
+            annotations.insert(
+                "org.cntrlive.criu.version".into(),
+                crate::criu::gates::format_version(v),
+            );
+            annotations.insert(
+                "org.cntrlive.criu.feature.mem_track".into(),
+                f.mem_track.to_string(),
+            );
+            annotations.insert(
+                "org.cntrlive.criu.feature.lazy_pages".into(),
+                f.lazy_pages.to_string(),
+            );
+            annotations.insert(
+                "org.cntrlive.criu.feature.pidfd_store".into(),
+                f.pidfd_store.to_string(),
+            );
         }
         Err(e) => {
-            annotations.insert("org.cntrlive.criu.version".into(), format!("unavailable: {e}"));
+            annotations.insert(
+                "org.cntrlive.criu.version".into(),
+                format!("unavailable: {e}"),
+            );
         }
     }
     let features = FeaturesBuilder::default()

@@ -100,9 +100,13 @@ pub fn host_facts() -> HostFacts {
     let pipe_max_size = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let iptables_restore = ["/usr/sbin/iptables-restore", "/sbin/iptables-restore", "/usr/bin/iptables-restore"]
-        .iter()
-        .any(|p| Path::new(p).exists());
+    let iptables_restore = [
+        "/usr/sbin/iptables-restore",
+        "/sbin/iptables-restore",
+        "/usr/bin/iptables-restore",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
     // SAFETY: userfaultfd(2) with flags; the fd is closed at once.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
     let userfaultfd = fd >= 0;
@@ -110,7 +114,12 @@ pub fn host_facts() -> HostFacts {
         // SAFETY: closing the fd we just got.
         unsafe { libc::close(fd as i32) };
     }
-    HostFacts { cgroup, pipe_max_size, iptables_restore, userfaultfd }
+    HostFacts {
+        cgroup,
+        pipe_max_size,
+        iptables_restore,
+        userfaultfd,
+    }
 }
 
 /// Pipe size CRIU's lazy page server asks for (F_SETPIPE_SZ, ~3.3 MB).

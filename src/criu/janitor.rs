@@ -49,7 +49,10 @@ impl Action {
     fn decode(line: &str) -> Option<Action> {
         let (verb, rest) = line.split_once(' ')?;
         match verb {
-            "killpg" => rest.parse().ok().map(|p| Action::KillGroup(Pid::from_raw(p))),
+            "killpg" => rest
+                .parse()
+                .ok()
+                .map(|p| Action::KillGroup(Pid::from_raw(p))),
             "kill" => rest.parse().ok().map(|p| Action::Kill(Pid::from_raw(p))),
             "thaw" => {
                 let (v, f) = rest.split_once(' ')?;
@@ -85,7 +88,10 @@ pub struct Janitor {
 
 fn close_all_but(keep: i32) {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     for fd in fds {
         if fd != keep && fd > 2 {
@@ -94,7 +100,11 @@ fn close_all_but(keep: i32) {
         }
     }
     // stdio: never hold the container's (or the shim's) pipes open.
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto stdio.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -104,7 +114,12 @@ fn close_all_but(keep: i32) {
 
 fn child_main(read: OwnedFd) -> ! {
     let _ = setsid();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: setting a signal disposition to ignore.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
@@ -122,7 +137,9 @@ fn child_main(read: OwnedFd) -> ! {
         }
     }
     // EOF without "done": the operation was abandoned. Stop CRIU first.
-    let (groups, rest): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| matches!(a, Action::KillGroup(_)));
+    let (groups, rest): (Vec<_>, Vec<_>) = actions
+        .into_iter()
+        .partition(|a| matches!(a, Action::KillGroup(_)));
     for a in &groups {
         a.run();
     }
@@ -149,7 +166,10 @@ impl Janitor {
             }
             ForkResult::Parent { child } => {
                 drop(read);
-                Ok(Janitor { pid: child, pipe: Some(File::from(write)) })
+                Ok(Janitor {
+                    pid: child,
+                    pipe: Some(File::from(write)),
+                })
             }
         }
     }
@@ -195,7 +215,9 @@ pub fn freezer_of(pid: i32) -> Option<(PathBuf, String)> {
         let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
         if ctrls.split(',').any(|c| c == "freezer") {
             return Some((
-                Path::new("/sys/fs/cgroup/freezer").join(path.trim_start_matches('/')).join("freezer.state"),
+                Path::new("/sys/fs/cgroup/freezer")
+                    .join(path.trim_start_matches('/'))
+                    .join("freezer.state"),
                 "THAWED".to_string(),
             ));
         }
@@ -203,7 +225,9 @@ pub fn freezer_of(pid: i32) -> Option<(PathBuf, String)> {
     for line in text.lines() {
         if let Some(path) = line.strip_prefix("0::") {
             for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-                let f = Path::new(base).join(path.trim_start_matches('/')).join("cgroup.freeze");
+                let f = Path::new(base)
+                    .join(path.trim_start_matches('/'))
+                    .join("cgroup.freeze");
                 if f.exists() {
                     return Some((f, "0".to_string()));
                 }
@@ -232,7 +256,10 @@ mod tests {
         for a in [
             Action::KillGroup(Pid::from_raw(12)),
             Action::Kill(Pid::from_raw(7)),
-            Action::Thaw(PathBuf::from("/sys/fs/cgroup/freezer/a b/freezer.state"), "THAWED".into()),
+            Action::Thaw(
+                PathBuf::from("/sys/fs/cgroup/freezer/a b/freezer.state"),
+                "THAWED".into(),
+            ),
             Action::Remove(PathBuf::from("/img/inventory.img")),
         ] {
             assert_eq!(Action::decode(a.encode().trim_end()), Some(a.clone()));

@@ -70,7 +70,11 @@ impl LogExcerpt {
                 hints.push(*hint);
             }
         }
-        LogExcerpt { path: path.to_path_buf(), quoted, hints }
+        LogExcerpt {
+            path: path.to_path_buf(),
+            quoted,
+            hints,
+        }
     }
 
     /// The text appended to an error message.
@@ -94,7 +98,10 @@ impl LogExcerpt {
 
 /// CRIU marks errors with "Error" (pr_err) and its BUG() with "BUG".
 fn is_error(line: &str) -> bool {
-    line.contains("Error (") || line.contains("Error:") || line.contains(" BUG ") || line.starts_with("Error")
+    line.contains("Error (")
+        || line.contains("Error:")
+        || line.contains(" BUG ")
+        || line.starts_with("Error")
 }
 
 #[cfg(test)]
@@ -111,7 +118,10 @@ mod tests {
         assert!(e.quoted.last().unwrap().contains("failed with -1"));
         assert_eq!(e.hints.len(), 1);
         let r = e.render();
-        assert!(r.contains("full log: /w/dump.log") && r.contains("hint: a file descriptor"), "{r}");
+        assert!(
+            r.contains("full log: /w/dump.log") && r.contains("hint: a file descriptor"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -61,18 +61,28 @@ pub enum CriuError {
     },
 
     #[error("CRIU did not answer the {op} request within {after:?} (--criu-timeout); CRIU{state} was killed")]
-    Timeout { op: &'static str, after: Duration, state: String },
+    Timeout {
+        op: &'static str,
+        after: Duration,
+        state: String,
+    },
 
     #[error("{op} cancelled by signal {signal}; CRIU was killed")]
     Cancelled { op: &'static str, signal: String },
 
     #[error("CRIU {how} during the {op} request{log}")]
-    Died { op: &'static str, how: String, log: String },
+    Died {
+        op: &'static str,
+        how: String,
+        log: String,
+    },
 
     #[error("CRIU closed the RPC socket during the {op} request without answering{log}")]
     SocketClosed { op: &'static str, log: String },
 
-    #[error("CRIU sent a reply larger than {MAX_MESSAGE} bytes to the {op} request; CRIU was killed")]
+    #[error(
+        "CRIU sent a reply larger than {MAX_MESSAGE} bytes to the {op} request; CRIU was killed"
+    )]
     Oversized { op: &'static str },
 
     #[error("CRIU sent an unreadable reply to the {op} request ({detail}); CRIU was killed")]
@@ -82,10 +92,19 @@ pub enum CriuError {
     UnexpectedReply { op: &'static str, got: String },
 
     #[error("CRIU's {op} failed{errno}{msg}{log}")]
-    Failed { op: &'static str, errno: String, msg: String, log: String },
+    Failed {
+        op: &'static str,
+        errno: String,
+        msg: String,
+        log: String,
+    },
 
     #[error("{what} refused the {script} notification: {why}")]
-    NotifyRefused { what: &'static str, script: String, why: String },
+    NotifyRefused {
+        what: &'static str,
+        script: String,
+        why: String,
+    },
 
     #[error("RPC with CRIU failed during the {op} request: {source}")]
     Io {
@@ -169,8 +188,14 @@ fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
 impl Session {
     /// Spawn `criu swrk 3` in its own process group with one end of a
     /// SOCK_SEQPACKET socketpair as fd 3.
-    pub fn start(cfg: SessionConfig, cancel: Option<&'static CancelToken>) -> Result<Session, CriuError> {
-        let spawn_err = |source| CriuError::Spawn { path: cfg.criu.clone(), source };
+    pub fn start(
+        cfg: SessionConfig,
+        cancel: Option<&'static CancelToken>,
+    ) -> Result<Session, CriuError> {
+        let spawn_err = |source| CriuError::Spawn {
+            path: cfg.criu.clone(),
+            source,
+        };
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -180,11 +205,16 @@ impl Session {
         .map_err(|e| spawn_err(e.into()))?;
         let child_fd = theirs.as_raw_fd();
         let stderr = match &cfg.work_dir {
-            Some(dir) => File::create(dir.join("criu-stderr.log")).map(Stdio::from).unwrap_or(Stdio::null()),
+            Some(dir) => File::create(dir.join("criu-stderr.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
             None => Stdio::null(),
         };
         let mut cmd = Command::new(&cfg.criu);
-        cmd.args(["swrk", "3"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.args(["swrk", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -224,7 +254,15 @@ impl Session {
             }
         };
         tracing::debug!(%pid, criu = %cfg.criu.display(), "criu swrk started");
-        Ok(Session { pid, pidfd, sock: ours, cfg, cancel, reaped: false, answered: 0 })
+        Ok(Session {
+            pid,
+            pidfd,
+            sock: ours,
+            cfg,
+            cancel,
+            reaped: false,
+            answered: 0,
+        })
     }
 
     /// CRIU's process group (= its pid).
@@ -236,24 +274,40 @@ impl Session {
     /// on the way. A reply with `success == false` is [`CriuError::Failed`]
     /// quoting CRIU's log. Any other failure kills CRIU: the session cannot
     /// be used after an `Err`.
-    pub fn request(&mut self, req: &Criu_req, notify: &mut dyn Notify) -> Result<Criu_resp, CriuError> {
+    pub fn request(
+        &mut self,
+        req: &Criu_req,
+        notify: &mut dyn Notify,
+    ) -> Result<Criu_resp, CriuError> {
         let op = op_name(req.type_());
         let result = self.exchange(req, notify, op);
         if let Err(e) = &result {
-            if !matches!(e, CriuError::Failed { .. } | CriuError::NotifyRefused { .. }) {
+            if !matches!(
+                e,
+                CriuError::Failed { .. } | CriuError::NotifyRefused { .. }
+            ) {
                 self.kill();
             }
         }
         result
     }
 
-    fn exchange(&mut self, req: &Criu_req, notify: &mut dyn Notify, op: &'static str) -> Result<Criu_resp, CriuError> {
+    fn exchange(
+        &mut self,
+        req: &Criu_req,
+        notify: &mut dyn Notify,
+        op: &'static str,
+    ) -> Result<Criu_resp, CriuError> {
         let deadline = Instant::now() + self.cfg.timeout;
         self.send_msg(req, op)?;
         loop {
             let (resp, fd) = self.recv_msg(op, deadline)?;
             if resp.type_() == Criu_req_type::NOTIFY {
-                let n = resp.notify.as_ref().cloned().unwrap_or_else(Criu_notify::new);
+                let n = resp
+                    .notify
+                    .as_ref()
+                    .cloned()
+                    .unwrap_or_else(Criu_notify::new);
                 let script = n.script.clone().unwrap_or_default();
                 let outcome = notify.notify(&script, n.pid, fd);
                 let mut reply = Criu_req::new();
@@ -268,7 +322,11 @@ impl Session {
                     // CRIU aborts; wait for its failure reply, then report
                     // our reason rather than its generic one.
                     let _ = self.recv_msg(op, Instant::now() + EXIT_GRACE);
-                    return Err(CriuError::NotifyRefused { what: "cntrlive-runtime", script, why });
+                    return Err(CriuError::NotifyRefused {
+                        what: "cntrlive-runtime",
+                        script,
+                        why,
+                    });
                 }
                 continue;
             }
@@ -293,7 +351,11 @@ impl Session {
                         Some(e) if e != 0 => format!(" (errno {e}: {})", Errno::from_raw(e).desc()),
                         _ => String::new(),
                     },
-                    msg: resp.cr_errmsg.clone().map(|m| format!(": {m}")).unwrap_or_default(),
+                    msg: resp
+                        .cr_errmsg
+                        .clone()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default(),
                     log: self.log_text(log_file.as_deref()),
                 });
             }
@@ -303,27 +365,43 @@ impl Session {
 
     fn log_text(&self, log_file: Option<&str>) -> String {
         match (&self.cfg.work_dir, log_file) {
-            (Some(dir), Some(name)) => LogExcerpt::read(&dir.join(name)).map(|e| e.render()).unwrap_or_default(),
+            (Some(dir), Some(name)) => LogExcerpt::read(&dir.join(name))
+                .map(|e| e.render())
+                .unwrap_or_default(),
             _ => String::new(),
         }
     }
 
     fn send_msg(&mut self, msg: &Criu_req, op: &'static str) -> Result<(), CriuError> {
-        let bytes = msg.write_to_bytes().map_err(|e| CriuError::Io { op, source: std::io::Error::other(e) })?;
+        let bytes = msg.write_to_bytes().map_err(|e| CriuError::Io {
+            op,
+            source: std::io::Error::other(e),
+        })?;
         match send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
             Ok(_) => Ok(()),
             Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => Err(self.gone(op)),
-            Err(e) => Err(CriuError::Io { op, source: e.into() }),
+            Err(e) => Err(CriuError::Io {
+                op,
+                source: e.into(),
+            }),
         }
     }
 
     /// Wait for a message until `deadline`, watching CRIU's pidfd and the
     /// cancel signals.
-    fn recv_msg(&mut self, op: &'static str, deadline: Instant) -> Result<(Criu_resp, Option<OwnedFd>), CriuError> {
+    fn recv_msg(
+        &mut self,
+        op: &'static str,
+        deadline: Instant,
+    ) -> Result<(Criu_resp, Option<OwnedFd>), CriuError> {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(CriuError::Timeout { op, after: self.cfg.timeout, state: self.proc_state() });
+                return Err(CriuError::Timeout {
+                    op,
+                    after: self.cfg.timeout,
+                    state: self.proc_state(),
+                });
             }
             let remaining = deadline - now;
             let ms = remaining.as_millis().min(i32::MAX as u128) as i32;
@@ -335,18 +413,32 @@ impl Session {
                 if let Some(c) = self.cancel {
                     fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
                 }
-                match poll(&mut fds, PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX)) {
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX),
+                ) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => {}
-                    Err(e) => return Err(CriuError::Io { op, source: e.into() }),
+                    Err(e) => {
+                        return Err(CriuError::Io {
+                            op,
+                            source: e.into(),
+                        })
+                    }
                 }
                 let ready = |f: &PollFd| f.revents().map(|r| !r.is_empty()).unwrap_or(false);
-                (ready(&fds[0]), ready(&fds[1]), fds.get(2).map(ready).unwrap_or(false))
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds.get(2).map(ready).unwrap_or(false),
+                )
             };
             if let Some(c) = self.cancel {
                 if cancel_ready || c.pending().is_some() {
                     if let Some(sig) = c.take() {
-                        let signal = Signal::try_from(sig).map(|s| s.to_string()).unwrap_or(sig.to_string());
+                        let signal = Signal::try_from(sig)
+                            .map(|s| s.to_string())
+                            .unwrap_or(sig.to_string());
                         return Err(CriuError::Cancelled { op, signal });
                     }
                 }
@@ -364,20 +456,36 @@ impl Session {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let msg = match recvmsg::<()>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(m) => m,
             Err(Errno::ECONNRESET) => return Err(self.gone(op)),
             Err(Errno::EINTR) | Err(Errno::EAGAIN) => {
-                return Err(CriuError::Io { op, source: std::io::Error::from(std::io::ErrorKind::Interrupted) })
+                return Err(CriuError::Io {
+                    op,
+                    source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+                })
             }
-            Err(e) => return Err(CriuError::Io { op, source: e.into() }),
+            Err(e) => {
+                return Err(CriuError::Io {
+                    op,
+                    source: e.into(),
+                })
+            }
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: the kernel installed these fds for us.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
         }
@@ -389,10 +497,15 @@ impl Session {
         if len == 0 {
             return Err(self.gone(op));
         }
-        let resp = Criu_resp::parse_from_bytes(&buf[..len])
-            .map_err(|e| CriuError::Garbage { op, detail: format!("{len} bytes, {e}") })?;
+        let resp = Criu_resp::parse_from_bytes(&buf[..len]).map_err(|e| CriuError::Garbage {
+            op,
+            detail: format!("{len} bytes, {e}"),
+        })?;
         if resp.type_.is_none() || resp.type_.map(|t| t.enum_value().is_err()).unwrap_or(false) {
-            return Err(CriuError::Garbage { op, detail: format!("{len} bytes with no known message type") });
+            return Err(CriuError::Garbage {
+                op,
+                detail: format!("{len} bytes with no known message type"),
+            });
         }
         Ok((resp, fds.into_iter().next()))
     }
@@ -403,8 +516,16 @@ impl Session {
         let status = self.wait_exit(Duration::from_millis(200));
         let log = self.log_text(self.default_log_name());
         match status {
-            Some(WaitStatus::Exited(_, code)) => CriuError::Died { op, how: format!("exited with status {code}"), log },
-            Some(WaitStatus::Signaled(_, sig, _)) => CriuError::Died { op, how: format!("was killed by {sig}"), log },
+            Some(WaitStatus::Exited(_, code)) => CriuError::Died {
+                op,
+                how: format!("exited with status {code}"),
+                log,
+            },
+            Some(WaitStatus::Signaled(_, sig, _)) => CriuError::Died {
+                op,
+                how: format!("was killed by {sig}"),
+                log,
+            },
             _ => CriuError::SocketClosed { op, log },
         }
     }
@@ -454,7 +575,10 @@ impl Session {
             }
             let ms = (deadline - now).as_millis().min(1000) as i32;
             let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX));
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX),
+            );
         }
     }
 

@@ -1,0 +1,87 @@
+"""Helpers for the fault-injection suite: finding CRIU and runtime
+processes, freezer state, and recording outcomes for docs/."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+FAKE_CRIU = HERE / "fake_criu.py"
+REAL_CRIU = pathlib.Path(os.environ.get("CNTRLIVE_CRIU", "/usr/local/sbin/criu"))
+RESULTS = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", "/var/tmp/cntrlive-test-logs")) / "faults.jsonl"
+
+
+def procs():
+    """[(pid, ppid, exe, cmdline)] of every process."""
+    out = []
+    for d in pathlib.Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            try:
+                exe = os.readlink(d / "exe")
+            except OSError:
+                exe = ""
+            out.append((int(d.name), ppid, exe, [c.decode(errors="replace") for c in cmd if c]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def criu_procs(criu_path):
+    """Processes running that CRIU binary (real or fake)."""
+    criu_path = str(criu_path)
+    res = []
+    for pid, ppid, exe, cmd in procs():
+        if exe == criu_path or (cmd[1:2] == [criu_path]) or (cmd[:1] == [criu_path]):
+            res.append(pid)
+    return res
+
+
+def runtime_procs(runtime_path):
+    real = os.path.realpath(runtime_path)
+    return [pid for pid, _, exe, cmd in procs() if exe == real and "--root" in cmd]
+
+
+def freezer_file(pid):
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "freezer" in ctrls.split(","):
+            return pathlib.Path("/sys/fs/cgroup/freezer") / path.lstrip("/") / "freezer.state"
+        if ctrls == "" and (pathlib.Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.freeze").exists():
+            return pathlib.Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.freeze"
+    return None
+
+
+def is_frozen(f):
+    try:
+        return f.read_text().strip() in ("FROZEN", "FREEZING", "1")
+    except OSError:
+        return False
+
+
+def wait_gone(pids_fn, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pids_fn():
+            return []
+        time.sleep(0.05)
+    return pids_fn()
+
+
+def kill_group(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def record(**kw):
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(kw) + "\n")
