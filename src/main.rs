@@ -87,7 +87,7 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Features => features::features(&ctx).map(|_| 0),
         Command::Check => check::check(&ctx),
         Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
-        Command::Restore(a) => checkpoint::restore(a, &ctx).map(|_| 0),
+        Command::Restore(a) => restore::restore(a, &ctx),
     }
 }
 

@@ -203,3 +203,37 @@ mod tests {
         );
     }
 }
+
+/// Restore options, validated at the edge (runc's restore.go).
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub id: String,
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub detach: bool,
+    pub no_subreaper: bool,
+    pub lsm_profile: Option<String>,
+    pub lsm_mount_context: Option<String>,
+    pub common: CriuCommon,
+}
+
+impl RestoreOptions {
+    pub fn from_args(a: &crate::cli::RestoreArgs) -> Result<RestoreOptions> {
+        crate::store::validate_id(&a.container_id)?;
+        let image_path = absolute(a.image_path.as_deref().unwrap_or(Path::new("checkpoint")))?;
+        let work_path = match &a.work_path {
+            Some(w) => absolute(w)?,
+            None => image_path.clone(),
+        };
+        Ok(RestoreOptions {
+            id: a.container_id.clone(),
+            image_path,
+            work_path,
+            detach: a.detach,
+            no_subreaper: a.no_subreaper,
+            lsm_profile: a.lsm_profile.clone(),
+            lsm_mount_context: a.lsm_mount_context.clone(),
+            common: CriuCommon::from_flags(&a.criu)?,
+        })
+    }
+}

@@ -1,4 +1,4 @@
-//! The CRIU request for a checkpoint, built by a pure function from the
+//! The CRIU requests for checkpoint and restore, built by a pure function from the
 //! validated options and facts about the container. Mirrors what runc's
 //! `Checkpoint` (libcontainer/criu_linux.go) puts into `CriuOpts`.
 
@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use protobuf::{EnumOrUnknown, MessageField};
 
-use super::options::{CgMode, CheckpointOptions};
+use super::options::{CgMode, CheckpointOptions, RestoreOptions};
 use crate::criu::rpc::{
-    Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type, Ext_mount_map,
+    Cgroup_root, Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type,
+    Ext_mount_map, Inherit_fd,
 };
 use crate::criu::session::request;
 
@@ -124,6 +125,86 @@ pub fn dump_request(
     req
 }
 
+/// What the restore request needs to know about the target.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreFacts {
+    /// Where the new rootfs is mounted for CRIU (a mount point).
+    pub criu_root: PathBuf,
+    /// Bind mounts of the new bundle: (destination, source on this host).
+    pub bind_mounts: Vec<(String, String)>,
+    /// The dump named masked files' mounts "/dev/null" (see `dump_request`).
+    pub has_masked_files: bool,
+    /// The container's cgroup path, relative to the controllers' roots.
+    pub cgroup_root: Option<String>,
+    /// (descriptor from descriptors.json, our fd that replaces it).
+    pub inherit_fds: Vec<(String, i32)>,
+    pub config_file: Option<PathBuf>,
+}
+
+/// RESTORE, as runc's `Restore` (libcontainer/criu_linux.go) builds it.
+pub fn restore_request(
+    o: &RestoreOptions,
+    f: &RestoreFacts,
+    images_fd: i32,
+    work_fd: i32,
+) -> Criu_req {
+    let mut opts = Criu_opts::new();
+    opts.images_dir_fd = Some(images_fd);
+    opts.work_dir_fd = Some(work_fd);
+    opts.log_level = Some(LOG_LEVEL);
+    opts.log_file = Some("restore.log".to_string());
+    opts.root = Some(f.criu_root.display().to_string());
+    // The restored init becomes our child (then the shim's, as subreaper).
+    opts.rst_sibling = Some(true);
+    opts.evasive_devices = Some(true);
+    opts.manage_cgroups = Some(true);
+    opts.notify_scripts = Some(true);
+    opts.orphan_pts_master = Some(true);
+    opts.shell_job = Some(o.common.shell_job);
+    opts.ext_unix_sk = Some(o.common.ext_unix_sk);
+    opts.tcp_established = Some(o.common.tcp_established);
+    opts.file_locks = Some(o.common.file_locks);
+    opts.auto_dedup = Some(o.common.auto_dedup);
+    opts.lazy_pages = Some(o.common.lazy_pages);
+    if o.common.empty_ns != 0 {
+        opts.empty_ns = Some(o.common.empty_ns);
+    }
+    if let Some(m) = o.common.manage_cgroups_mode {
+        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
+    }
+    if let Some(p) = &o.lsm_profile {
+        opts.lsm_profile = Some(p.clone());
+    }
+    if let Some(c) = &o.lsm_mount_context {
+        opts.lsm_mount_context = Some(c.clone());
+    }
+    for (dest, src) in &f.bind_mounts {
+        opts.ext_mnt.push(ext_mount(dest, src));
+    }
+    if f.has_masked_files {
+        // The dump recorded every masked file under the external name
+        // "/dev/null"; map that name to this host's /dev/null (runc does).
+        opts.ext_mnt.push(ext_mount("/dev/null", "/dev/null"));
+    }
+    if let Some(root) = &f.cgroup_root {
+        let mut cg = Cgroup_root::new();
+        cg.path = Some(root.clone());
+        opts.cg_root.push(cg);
+    }
+    for (key, fd) in &f.inherit_fds {
+        let mut i = Inherit_fd::new();
+        i.key = Some(key.clone());
+        i.fd = Some(*fd);
+        opts.inherit_fd.push(i);
+    }
+    if let Some(cfg) = &f.config_file {
+        opts.config_file = Some(cfg.display().to_string());
+    }
+    let mut req = request(Criu_req_type::RESTORE);
+    req.opts = MessageField::some(opts);
+    req
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +249,47 @@ mod tests {
         assert_eq!(o.ext_mnt.len(), 2);
         assert_eq!(o.ext_mnt[1].val(), "/dev/null");
         assert_eq!(o.log_file(), "dump.log");
+    }
+
+    #[test]
+    fn restore_request_maps_new_host_ok() {
+        let o = RestoreOptions {
+            id: "c2".into(),
+            image_path: "/img".into(),
+            work_path: "/w".into(),
+            detach: true,
+            no_subreaper: true,
+            lsm_profile: None,
+            lsm_mount_context: None,
+            common: CriuCommon::default(),
+        };
+        let f = RestoreFacts {
+            criu_root: "/run/cntrlive/c2/criu-root".into(),
+            bind_mounts: vec![("/data".into(), "/srv/data".into())],
+            has_masked_files: true,
+            cgroup_root: Some("/default/c2".into()),
+            inherit_fds: vec![("pipe:[123]".into(), 1)],
+            config_file: None,
+        };
+        let r = restore_request(&o, &f, 5, 6);
+        assert_eq!(r.type_(), Criu_req_type::RESTORE);
+        let o = r.opts.as_ref().unwrap();
+        assert!(o.rst_sibling() && o.manage_cgroups() && o.orphan_pts_master());
+        assert_eq!(o.root(), "/run/cntrlive/c2/criu-root");
+        assert_eq!(
+            (o.ext_mnt[0].key(), o.ext_mnt[0].val()),
+            ("/data", "/srv/data")
+        );
+        assert_eq!(
+            (o.ext_mnt[1].key(), o.ext_mnt[1].val()),
+            ("/dev/null", "/dev/null")
+        );
+        assert_eq!(o.cg_root[0].path(), "/default/c2");
+        assert_eq!(
+            (o.inherit_fd[0].key(), o.inherit_fd[0].fd()),
+            ("pipe:[123]", 1)
+        );
+        assert_eq!(o.log_file(), "restore.log");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
         criu: ctx.global.criu.clone(),
         timeout: criu_timeout(ctx)?,
         work_dir: None,
+        inherit_stdio: false,
     };
     let mut s = Session::start(cfg, None)?;
     let v = gates::version(&mut s)?;

@@ -20,7 +20,7 @@ use super::Ctx;
 use crate::checkpoint::images::{self, Manifest, MANIFEST_FORMAT};
 use crate::checkpoint::options::CheckpointOptions;
 use crate::checkpoint::request::{dump_request, ContainerFacts};
-use crate::cli::{CheckpointArgs, RestoreArgs};
+use crate::cli::CheckpointArgs;
 use crate::criu::cancel;
 use crate::criu::gates::{self, format_version, MIN_VERSION};
 use crate::criu::janitor::{self, Action, Janitor};
@@ -48,7 +48,7 @@ pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
 }
 
 /// Facts about a running container that the CRIU request needs.
-fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
+pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
     let rootfs = if root.path().is_absolute() {
@@ -113,7 +113,7 @@ fn write_descriptors(pid: i32, dir: &Path) -> Result<()> {
         .with_context(|| format!("failed to write descriptors.json in {}", dir.display()))
 }
 
-fn make_dir(p: &Path, what: &str) -> Result<()> {
+pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -178,6 +178,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         criu: ctx.global.criu.clone(),
         timeout,
         work_dir: Some(opts.work_path.clone()),
+        inherit_stdio: false,
     };
     let result = (|| -> Result<u32> {
         let mut session = Session::start(cfg, Some(cancel))?;
@@ -255,14 +256,4 @@ fn left_as(c: &Container) -> &'static str {
         ContainerStatus::Paused => "is still paused, as it was before",
         _ => "is no longer running",
     }
-}
-
-pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<()> {
-    crate::store::validate_id(&args.container_id)?;
-    let _ = ctx;
-    bail!(
-        "restore is not implemented yet in cntrlive-runtime {}: nothing was created for \"{}\" (see docs/roadmap.md; use runc for now)",
-        env!("CARGO_PKG_VERSION"),
-        args.container_id
-    )
 }

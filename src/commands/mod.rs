@@ -23,6 +23,7 @@ pub mod kill;
 pub mod lifecycle;
 pub mod list;
 pub mod ps;
+pub mod restore;
 pub mod spec;
 pub mod state;
 pub mod update;

@@ -34,6 +34,8 @@ pub enum Action {
     /// Remove a file (e.g. `inventory.img`, so half-written images never
     /// look complete).
     Remove(PathBuf),
+    /// Detach a temporary mount (restore's CRIU root).
+    Umount(PathBuf),
 }
 
 impl Action {
@@ -43,6 +45,7 @@ impl Action {
             Action::Thaw(f, v) => format!("thaw {v} {}\n", f.display()),
             Action::Kill(p) => format!("kill {p}\n"),
             Action::Remove(f) => format!("rm {}\n", f.display()),
+            Action::Umount(f) => format!("umount {}\n", f.display()),
         }
     }
 
@@ -59,6 +62,7 @@ impl Action {
                 Some(Action::Thaw(PathBuf::from(f), v.to_string()))
             }
             "rm" => Some(Action::Remove(PathBuf::from(rest))),
+            "umount" => Some(Action::Umount(PathBuf::from(rest))),
             _ => None,
         }
     }
@@ -76,6 +80,10 @@ impl Action {
             }
             Action::Remove(f) => {
                 let _ = std::fs::remove_file(f);
+            }
+            Action::Umount(f) => {
+                let _ = nix::mount::umount2(f.as_path(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(f);
             }
         }
     }

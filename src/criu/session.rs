@@ -146,6 +146,9 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// Directory of CRIU's log files (its work dir); quoted in errors.
     pub work_dir: Option<PathBuf>,
+    /// Give CRIU our stdin/stdout/stderr (restore: `inherit_fd` maps the
+    /// container's old stdio to these, as runc does).
+    pub inherit_stdio: bool,
 }
 
 pub struct Session {

@@ -1,0 +1,408 @@
+//! `restore` (runc's restore.go + `Restore` in libcontainer/criu_linux.go)
+//! through the CRIU engine, registering the restored container in our state
+//! so it is afterwards a normal container (state, exec, kill, delete,
+//! checkpoint again) — also when the images come from another host or ID.
+//!
+//! Order: validate (ID free, bundle, images) before anything is created →
+//! state dir, CRIU root mount, cgroup → janitor armed → CRIU session
+//! (VERSION gate, RESTORE with every notification answered) → register state
+//! and pid file. Any failure undoes all of it: restored tree killed, cgroup
+//! and mount removed, nothing registered.
+
+use std::fs::File;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
+use libcontainer::config::YoukiConfig;
+use libcontainer::container::{Container, ContainerStatus};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use nix::unistd::Pid;
+
+use super::checkpoint::{criu_timeout, make_dir, CRIU_CONFIG_ANNOTATION, DEFAULT_CRIU_CONFIG};
+use super::{foreground, Ctx};
+use crate::bundle::Bundle;
+use crate::checkpoint::images::{Manifest, INVENTORY};
+use crate::checkpoint::options::RestoreOptions;
+use crate::checkpoint::request::{restore_request, RestoreFacts};
+use crate::cli::RestoreArgs;
+use crate::criu::cancel;
+use crate::criu::gates::{self, format_version, MIN_VERSION};
+use crate::criu::janitor::{Action, Janitor};
+use crate::criu::session::{Notify, NotifyOutcome, Session, SessionConfig};
+
+/// Answers CRIU's notifications during a restore.
+struct RestoreNotify<'a> {
+    console_socket: Option<&'a Path>,
+    pid: Option<i32>,
+    janitor: &'a mut Janitor,
+}
+
+/// Send the pty master to the console socket: one sendmsg, one fd.
+fn send_console(socket: &Path, master: &OwnedFd) -> Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::socket::connect(sock.as_raw_fd(), &UnixAddr::new(socket)?).with_context(|| {
+        format!(
+            "failed to connect to the console socket {}",
+            socket.display()
+        )
+    })?;
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .with_context(|| format!("failed to send the console to {}", socket.display()))?;
+    Ok(())
+}
+
+impl Notify for RestoreNotify<'_> {
+    fn notify(&mut self, script: &str, pid: Option<i32>, fd: Option<OwnedFd>) -> NotifyOutcome {
+        tracing::debug!(script, ?pid, "criu restore notification");
+        match script {
+            "orphan-pts-master" => match (self.console_socket, fd) {
+                (Some(sock), Some(master)) => match send_console(sock, &master) {
+                    Ok(()) => NotifyOutcome::Ok,
+                    Err(e) => NotifyOutcome::Fail(format!("{e:#}")),
+                },
+                (None, Some(_)) => NotifyOutcome::Fail(
+                    "the container had a terminal: pass --console-socket to receive it".to_string(),
+                ),
+                _ => NotifyOutcome::Ok,
+            },
+            "post-restore" => {
+                if let Some(p) = pid {
+                    self.pid = Some(p);
+                    // Until registered, a restored tree is half-restored.
+                    self.janitor.arm(Action::Kill(Pid::from_raw(p)));
+                }
+                NotifyOutcome::Ok
+            }
+            _ => NotifyOutcome::Ok,
+        }
+    }
+}
+
+/// Everything a failed restore must undo.
+struct Undo {
+    criu_root: Option<PathBuf>,
+    container_dir: Option<PathBuf>,
+    cgroup: Option<libcgroups::common::AnyCgroupManager>,
+    pid: Option<i32>,
+}
+
+impl Undo {
+    fn run(&mut self) {
+        if let Some(p) = self.pid.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
+        }
+        if let Some(m) = self.cgroup.take() {
+            if let Ok(pids) = m.get_all_pids() {
+                for p in pids {
+                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            let _ = m.remove();
+        }
+        self.unmount();
+        if let Some(d) = self.container_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    fn unmount(&mut self) {
+        if let Some(r) = self.criu_root.take() {
+            let _ = umount2(&r, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&r);
+        }
+    }
+}
+
+/// Check the images before anything is created.
+fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
+    let meta = std::fs::symlink_metadata(&o.image_path)
+        .with_context(|| format!("image directory {} does not exist", o.image_path.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!(
+            "image path {} is a symlink: pass the real directory ({})",
+            o.image_path.display(),
+            std::fs::canonicalize(&o.image_path)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    if !o.image_path.join(INVENTORY).exists() {
+        bail!(
+            "{} holds no complete checkpoint (no {INVENTORY}): the checkpoint failed or the copy is incomplete",
+            o.image_path.display()
+        );
+    }
+    let manifest = Manifest::load(&o.image_path)?;
+    if let Some(m) = &manifest {
+        if m.kind == "pre-dump" {
+            bail!("{} holds a pre-dump, which cannot be restored: restore from the final dump that names it as parent", o.image_path.display());
+        }
+    }
+    Ok(manifest)
+}
+
+/// Map the dump's pipe stdio to our stdio (runc: descriptors.json).
+fn inherit_fds(image_path: &Path) -> Vec<(String, i32)> {
+    let Ok(text) = std::fs::read(image_path.join("descriptors.json")) else {
+        return Vec::new();
+    };
+    let Ok(fds): Result<Vec<String>, _> = serde_json::from_slice(&text) else {
+        return Vec::new();
+    };
+    fds.into_iter()
+        .enumerate()
+        .filter(|(_, d)| d.contains("pipe:"))
+        .map(|(i, d)| (d, i as i32))
+        .collect()
+}
+
+pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
+    let o = RestoreOptions::from_args(&args)?;
+    let id = o.id.clone();
+    let timeout = criu_timeout(ctx)?;
+    ctx.store.ensure_free(&id)?;
+    let bundle = Bundle::open(args.launch.bundle.as_deref())?;
+    let manifest = check_images(&o)?;
+    make_dir(&o.work_path, "work directory")?;
+
+    let spec = &bundle.spec;
+    let root = spec.root().as_ref().context("config.json has no root")?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.path.join(root.path())
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)?;
+    let mut bind_mounts = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|x| x == "bind" || x == "rbind");
+        if let (true, Some(src)) = (bind, m.source()) {
+            let src = if src.is_absolute() {
+                src.clone()
+            } else {
+                bundle.path.join(src)
+            };
+            bind_mounts.push((
+                m.destination().display().to_string(),
+                src.display().to_string(),
+            ));
+            // CRIU mounts onto the destination: it must exist in the rootfs.
+            let dest = rootfs.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+            if src.is_dir() {
+                let _ = std::fs::create_dir_all(&dest);
+            } else if !dest.exists() {
+                if let Some(parent) = dest.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = File::create(&dest);
+            }
+        }
+    }
+    let has_masked_files = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().as_ref())
+        .map(|m| !m.is_empty())
+        .unwrap_or(false);
+    let config_file = match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
+    {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)).filter(|p| p.exists()),
+    };
+
+    // From here on, everything is undone on failure.
+    let state_root = ctx.ensure_root()?;
+    let container_dir = state_root.join(&id);
+    let mut undo = Undo {
+        criu_root: None,
+        container_dir: None,
+        cgroup: None,
+        pid: None,
+    };
+    let result = (|| -> Result<(i32, u32)> {
+        std::fs::create_dir(&container_dir)
+            .with_context(|| format!("failed to create {}", container_dir.display()))?;
+        undo.container_dir = Some(container_dir.clone());
+        // CRIU needs its root to be a mount point (runc does the same).
+        let criu_root = container_dir.join("criu-root");
+        std::fs::create_dir(&criu_root)?;
+        undo.criu_root = Some(criu_root.clone());
+        mount(
+            Some(&rootfs),
+            &criu_root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "failed to bind-mount {} on {}",
+                rootfs.display(),
+                criu_root.display()
+            )
+        })?;
+        let youki =
+            YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
+        let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path: youki.cgroup_path.clone(),
+            systemd_cgroup: ctx.global.systemd_cgroup,
+            container_name: id.clone(),
+        })
+        .context("failed to set up the container's cgroup")?;
+
+        let cancel = cancel::install().context("failed to install signal handlers")?;
+        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        janitor.arm(Action::Umount(criu_root.clone()));
+        let cfg = SessionConfig {
+            criu: ctx.global.criu.clone(),
+            timeout,
+            work_dir: Some(o.work_path.clone()),
+            inherit_stdio: true,
+        };
+        let mut session = Session::start(cfg, Some(cancel))?;
+        janitor.arm(Action::KillGroup(session.pgid()));
+        let version = gates::version(&mut session)?;
+        if version < MIN_VERSION {
+            bail!(
+                "CRIU {} is too old: cntrlive-runtime needs CRIU >= {}",
+                format_version(version),
+                format_version(MIN_VERSION)
+            );
+        }
+        if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
+            bail!(gates::lazy_pages_missing());
+        }
+        // CRIU itself goes into the container's cgroup, so the tasks it
+        // restores land there (runc's criuApplyCgroups).
+        manager
+            .add_task(session.pgid())
+            .context("failed to move CRIU into the container's cgroup")?;
+        let default_resources = Default::default();
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .unwrap_or(&default_resources);
+        manager
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .context("failed to apply the container's resources")?;
+        undo.cgroup = Some(manager);
+        let facts = RestoreFacts {
+            criu_root: criu_root.clone(),
+            bind_mounts,
+            has_masked_files,
+            cgroup_root: Some(format!(
+                "/{}",
+                youki
+                    .cgroup_path
+                    .display()
+                    .to_string()
+                    .trim_start_matches('/')
+            )),
+            inherit_fds: inherit_fds(&o.image_path),
+            config_file,
+        };
+        let images = File::open(&o.image_path)?;
+        let work = File::open(&o.work_path)?;
+        let req = restore_request(&o, &facts, images.as_raw_fd(), work.as_raw_fd());
+        let mut notify = RestoreNotify {
+            console_socket: args.launch.console_socket.as_deref(),
+            pid: None,
+            janitor: &mut janitor,
+        };
+        let resp = session.request(&req, &mut notify);
+        let notified = notify.pid;
+        undo.pid = notified;
+        let resp = resp?;
+        let pid = resp
+            .restore
+            .as_ref()
+            .and_then(|r| r.pid)
+            .or(notified)
+            .context("CRIU did not say which pid it restored")?;
+        undo.pid = Some(pid);
+        session.close();
+        undo.unmount();
+
+        // Register: the container is now like a created-and-started one.
+        let mut c = Container::new(
+            &id,
+            ContainerStatus::Created,
+            Some(pid),
+            &bundle.path,
+            &container_dir,
+        )?;
+        c.set_systemd(ctx.global.systemd_cgroup)
+            .set_annotations(spec.annotations().clone())
+            .set_creator(nix::unistd::geteuid().as_raw());
+        // set_status(Created) stamps the creation time; then it runs.
+        c.set_status(ContainerStatus::Created)
+            .set_status(ContainerStatus::Running);
+        youki
+            .save(&container_dir)
+            .context("failed to save the container's config")?;
+        c.save().context("failed to save the container's state")?;
+        if let Some(pid_file) = &args.launch.pid_file {
+            std::fs::write(pid_file, pid.to_string())
+                .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;
+        }
+        janitor.disarm();
+        Ok((pid, version))
+    })();
+
+    let (pid, _version) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            undo.run();
+            return Err(e).context(format!(
+                "restore of container \"{id}\" failed; nothing was left running or registered"
+            ));
+        }
+    };
+    if let Some(m) = manifest {
+        tracing::debug!(from = %m.container_id, criu = %m.criu_version, "restored");
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    // Attached: wait for the restored init (our child through rst_sibling).
+    if !o.no_subreaper {
+        foreground::become_subreaper()?;
+    }
+    let status = foreground::wait_forwarding_signals(Pid::from_raw(pid))?;
+    if let Ok(mut c) = ctx.store.load(&id) {
+        let _ = c.delete(true);
+    }
+    Ok(status)
+}
