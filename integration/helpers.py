@@ -124,6 +124,22 @@ class Runtime:
             raise AssertionError(f"{' '.join(p.args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
         return p
 
+    def run_piped(self, *args, global_args=()):
+        """Run with stdout/stderr on fresh pipes, as containerd's shim does
+        (CRIU cannot dump a container whose stdio is a host file). The
+        pipes stay open in the returned Popen; the call itself is waited for."""
+        p = subprocess.Popen(self.argv(*args, global_args=global_args), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._pipes = getattr(self, "_pipes", []) + [p]
+        rc = p.wait(timeout=120)
+        if rc != 0:
+            import select
+            err = b""
+            if select.select([p.stderr], [], [], 0.5)[0]:
+                err = os.read(p.stderr.fileno(), 65536)
+            raise AssertionError(f"{' '.join(map(str, p.args))} exited {rc}: {err.decode(errors='replace')}")
+        return p
+
     def state(self, cid):
         return json.loads(self.run("state", cid).stdout)
 
@@ -136,6 +152,10 @@ class Runtime:
     def cleanup(self):
         for cid in self.list_ids():
             self.run("delete", "--force", cid, check=False)
+        for p in getattr(self, "_pipes", []):
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
 
 
 class ConsoleSocket:

@@ -214,10 +214,10 @@ impl Session {
             None => Stdio::null(),
         };
         let mut cmd = Command::new(&cfg.criu);
-        cmd.args(["swrk", "3"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args(["swrk", "3"]);
+        if !cfg.inherit_stdio {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -357,6 +357,7 @@ impl Session {
                     msg: resp
                         .cr_errmsg
                         .clone()
+                        .filter(|m| !super::log::is_harmless(m))
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default(),
                     log: self.log_text(log_file.as_deref()),

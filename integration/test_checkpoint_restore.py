@@ -1,0 +1,208 @@
+"""Checkpoint and restore with real CRIU, against every runtime under test.
+
+The outcome asserted is the process's own state: the restored counter
+continues from where it stopped, in the restored container's rootfs.
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from faults import REAL_CRIU, criu_procs, freezer_file, is_frozen, kill_group, record, wait_gone
+from helpers import make_bundle, read_count, wait_for
+
+
+def start_piped(rt, bundle, cid="c1"):
+    rt.run_piped("run", "-d", "--bundle", bundle, cid)
+    wait_for(lambda: read_count(bundle) > 3, what="counter")
+
+
+def clone_bundle(src, dst):
+    """Another host's view: the same image at another path."""
+    shutil.copytree(src, dst, symlinks=True)
+    return pathlib.Path(dst)
+
+
+def test_checkpoint_then_restore_continues_counting(rt, tmp_path):
+    b1 = make_bundle(tmp_path / "b1")
+    start_piped(rt, b1)
+    img = tmp_path / "img"
+    rt.run("checkpoint", "--image-path", img, "c1")
+    at_dump = read_count(b1)
+    # runc and we destroy the container after a checkpoint.
+    assert rt.run("state", "c1", check=False).returncode != 0
+    time.sleep(0.3)
+    assert read_count(b1) == at_dump, "still counting after checkpoint"
+
+    # Restore as another container, from another bundle path.
+    b2 = clone_bundle(b1, tmp_path / "b2")
+    pidfile = tmp_path / "restored.pid"
+    rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "--pid-file", pidfile, "c2")
+    wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter to advance")
+    first = read_count(b2)
+    assert first >= at_dump, f"restored counter went back: {first} < {at_dump}"
+    st = rt.state("c2")
+    assert st["status"] == "running" and pathlib.Path(st["bundle"]) == b2
+    assert int(pidfile.read_bytes()) == st["pid"]
+
+    # A normal container afterwards: exec, ps, pause/resume, kill, delete.
+    assert int(rt.run("exec", "c2", "cat", "/tmp/count").stdout) >= first
+    assert st["pid"] in json.loads(rt.run("ps", "--format", "json", "c2").stdout)
+    rt.run("pause", "c2")
+    n = read_count(b2)
+    time.sleep(0.4)
+    assert read_count(b2) == n
+    rt.run("resume", "c2")
+    wait_for(lambda: read_count(b2) > n, what="counter after resume")
+    rt.run("kill", "c2", "KILL")
+    wait_for(lambda: rt.state("c2")["status"] == "stopped", what="stopped")
+    rt.run("delete", "c2")
+    assert rt.list_ids() == []
+
+
+def test_leave_running_and_checkpoint_again(rt, tmp_path):
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    rt.run("checkpoint", "--leave-running", "--image-path", tmp_path / "img1", "c1")
+    assert rt.state("c1")["status"] == "running"
+    n = read_count(b)
+    wait_for(lambda: read_count(b) > n + 2, what="counter after --leave-running")
+    # Restore a copy next to it, then checkpoint the restored one again.
+    b2 = clone_bundle(b, tmp_path / "b2")
+    rt.run_piped("restore", "-d", "--image-path", tmp_path / "img1", "--bundle", b2, "c2")
+    wait_for(lambda: read_count(b2) > n, what="restored counter")
+    rt.run("checkpoint", "--image-path", tmp_path / "img2", "c2")
+    assert "c2" not in rt.list_ids()
+    assert (tmp_path / "img2" / "inventory.img").exists()
+
+
+def test_paused_container_stays_paused_after_leave_running(rt, tmp_path):
+    """containerd pauses, checkpoints with --leave-running, then resumes."""
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    rt.run("pause", "c1")
+    rt.run("checkpoint", "--leave-running", "--image-path", tmp_path / "img", "c1")
+    assert rt.state("c1")["status"] == "paused"
+    n = read_count(b)
+    time.sleep(0.4)
+    assert read_count(b) == n
+    rt.run("resume", "c1")
+    wait_for(lambda: read_count(b) > n, what="counter after resume")
+
+
+# ---- bad input: refused before any process starts, nothing registered ------
+
+def test_restore_missing_images(rt, tmp_path):
+    b = make_bundle(tmp_path / "b")
+    p = rt.run("restore", "-d", "--image-path", tmp_path / "nope", "--bundle", b, "c1", check=False)
+    assert p.returncode != 0
+    assert rt.list_ids() == []
+
+
+def test_restore_incomplete_images(rt, tmp_path):
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    img = tmp_path / "img"
+    rt.run("checkpoint", "--image-path", img, "c1")
+    (img / "inventory.img").unlink()
+    b2 = clone_bundle(b, tmp_path / "b2")
+    n = read_count(b2)
+    p = rt.run("restore", "-d", "--image-path", img, "--bundle", b2, "c2", check=False)
+    assert p.returncode != 0
+    assert rt.list_ids() == []
+    time.sleep(0.3)
+    assert read_count(b2) == n, "something ran after a refused restore"
+    if rt.name == "cntrlive":
+        assert "no complete checkpoint" in p.stderr, p.stderr
+
+
+def test_restore_into_an_id_in_use(rt, tmp_path):
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    rt.run("checkpoint", "--leave-running", "--image-path", tmp_path / "img", "c1")
+    b2 = clone_bundle(b, tmp_path / "b2")
+    p = rt.run("restore", "-d", "--image-path", tmp_path / "img", "--bundle", b2, "c1", check=False)
+    assert p.returncode != 0
+    assert rt.list_ids() == ["c1"] and rt.state("c1")["status"] == "running"
+
+
+# ---- faults during restore (ours asserted, runc recorded) -------------------
+
+FAT = ("x=$(head -c 150000000 /dev/zero | tr '\\0' a); "
+       "i=0; while true; do i=$((i+1)); echo $i > /tmp/.count; mv /tmp/.count /tmp/count; sleep 0.1; done")
+
+
+@pytest.mark.parametrize("case", ["sigkill-criu", "sigstop-criu", "sigterm-runtime"])
+def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
+    b = make_bundle(tmp_path / "b", args=["sh", "-c", FAT])
+    rt.run_piped("run", "-d", "--bundle", b, "c1")
+    wait_for(lambda: read_count(b) > 2, timeout=60, what="counter")
+    img = tmp_path / "img"
+    rt.run("checkpoint", "--image-path", img, "c1")
+    b2 = clone_bundle(b, tmp_path / "b2")
+    n = read_count(b2)
+    g = ["--criu-timeout", "3s"] if rt.name == "cntrlive" else []
+    p = subprocess.Popen(rt.argv("restore", "-d", "--image-path", img, "--bundle", b2, "c2", global_args=g),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    acted = False
+    deadline = time.monotonic() + 30
+    log = img / "restore.log"
+    while time.monotonic() < deadline and p.poll() is None:
+        # Mid-restore: CRIU has started restoring memory.
+        if log.exists() and "Restoring" in log.read_text(errors="replace") or (log.exists() and log.stat().st_size > 20000):
+            crius = criu_procs(REAL_CRIU)
+            if crius:
+                if case == "sigkill-criu":
+                    for c in crius:
+                        os.kill(c, signal.SIGKILL)
+                elif case == "sigstop-criu":
+                    for c in crius:
+                        os.kill(c, signal.SIGSTOP)
+                else:
+                    os.kill(p.pid, signal.SIGTERM)
+                acted = True
+                break
+        time.sleep(0.002)
+    patience = 7 if rt.name == "cntrlive" else 8
+    t0 = time.monotonic()
+    try:
+        _, err = p.communicate(timeout=patience)
+        hung = False
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        _, err = p.communicate()
+        hung = True
+    elapsed = time.monotonic() - t0
+    leaked = wait_gone(lambda: criu_procs(REAL_CRIU), 2.0)
+    for c in leaked:
+        try:
+            os.kill(c, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    registered = "c2" in rt.list_ids()
+    time.sleep(0.3)
+    m1 = read_count(b2)
+    time.sleep(0.5)
+    half_running = read_count(b2) > m1
+    mounts = [l for l in open("/proc/self/mounts") if "criu-root" in l]
+    record(scenario=f"restore:{case}", runtime=rt.name, exit=p.returncode, seconds=round(elapsed, 2), hung=hung,
+           criu_leaked=len(leaked), registered=registered, restored_tree_running=half_running,
+           criu_root_mounts=len(mounts), acted=acted, error=(err or "").strip()[-300:])
+    if rt.name != "cntrlive":
+        return
+    if not acted:
+        pytest.fail("restore finished before the fault could be injected")
+    assert not hung and p.returncode == 1, err
+    assert {"sigkill-criu": "killed by SIGKILL", "sigstop-criu": "state T",
+            "sigterm-runtime": "cancelled by signal SIGTERM"}[case] in err, err
+    assert "nothing was left running or registered" in err
+    assert leaked == []
+    assert not registered, "a failed restore left the container registered"
+    assert not half_running, "a half-restored process is still running"
+    assert mounts == [], f"criu-root mount left: {mounts}"
