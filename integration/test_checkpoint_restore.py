@@ -147,8 +147,11 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     b2 = clone_bundle(b, tmp_path / "b2")
     n = read_count(b2)
     g = ["--criu-timeout", "3s"] if rt.name == "cntrlive" else []
+    # stdout on a pipe (what the restored stdio maps to), stderr to a file:
+    # a restored container keeps its pipes, so never wait for their EOF.
+    errf = open(tmp_path / "restore.err", "w+")
     p = subprocess.Popen(rt.argv("restore", "-d", "--image-path", img, "--bundle", b2, "c2", global_args=g),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf,
                          text=True, start_new_session=True)
     acted = False
     deadline = time.monotonic() + 30
@@ -172,13 +175,15 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     patience = 7 if rt.name == "cntrlive" else 8
     t0 = time.monotonic()
     try:
-        _, err = p.communicate(timeout=patience)
+        p.wait(timeout=patience)
         hung = False
     except subprocess.TimeoutExpired:
         kill_group(p)
-        _, err = p.communicate()
+        p.wait()
         hung = True
     elapsed = time.monotonic() - t0
+    errf.seek(0)
+    err = errf.read()
     leaked = wait_gone(lambda: criu_procs(REAL_CRIU), 2.0)
     for c in leaked:
         try:
@@ -194,6 +199,7 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     record(scenario=f"restore:{case}", runtime=rt.name, exit=p.returncode, seconds=round(elapsed, 2), hung=hung,
            criu_leaked=len(leaked), registered=registered, restored_tree_running=half_running,
            criu_root_mounts=len(mounts), acted=acted, error=(err or "").strip()[-300:])
+    p.stdout.close()
     if rt.name != "cntrlive":
         return
     if not acted:
