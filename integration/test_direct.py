@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from helpers import (OURS, ConsoleSocket, Runtime, make_bundle, read_count, read_pty,
-                     wait_for)
+from helpers import OURS, ConsoleSocket, make_bundle, read_count, read_pty, wait_for
 
 
 def start_counter(rt, bundle, cid="c1"):
@@ -235,27 +234,6 @@ def test_duplicate_id(rt, bundle):
 
 
 # ---- ours only -----------------------------------------------------------------
-
-def test_checkpoint_restore_not_implemented_yet(tmp_path):
-    """Until the CRIU engine lands: a clear error, not a usage error, and the
-    container is untouched."""
-    rt = Runtime(OURS, tmp_path / "state")
-    b = make_bundle(tmp_path / "b")
-    try:
-        start_counter(rt, b)
-        p = rt.run("checkpoint", "--image-path", tmp_path / "img", "--work-path", tmp_path / "w",
-                   "--leave-running", "--tcp-established", "c1", check=False)
-        assert p.returncode == 1 and "not implemented yet" in p.stderr, p.stderr
-        assert advancing(b)
-        # containerd's restore argv, with its single-dash -no-subreaper.
-        p = rt.run("restore", "--image-path", tmp_path / "img", "--work-path", tmp_path / "w",
-                   "--detach", "--pid-file", tmp_path / "p", "-no-subreaper", "--bundle", b, "c2",
-                   check=False)
-        assert p.returncode == 1 and "not implemented yet" in p.stderr, p.stderr
-        assert rt.list_ids() == ["c1"]
-    finally:
-        rt.cleanup()
-
 
 def test_version_has_commit_line():
     out = subprocess.run([str(OURS), "--version"], capture_output=True, text=True, check=True).stdout

@@ -51,7 +51,7 @@ pub struct GlobalOpts {
 
     /// Deadline of each CRIU request (dump, restore, …); CRIU is killed and
     /// the container thawed when it passes. A Go duration: 30s, 5m
-    #[arg(long, global = true, default_value = "5m", value_name = "DURATION")]
+    #[arg(long, global = true, default_value = crate::criu::session::DEFAULT_TIMEOUT, value_name = "DURATION")]
     pub criu_timeout: String,
 
     /// Enable systemd cgroup support (cgroupsPath is "slice:prefix:name")

@@ -17,11 +17,6 @@ pub const MIN_VERSION: CriuVersion = 3_16_00;
 /// CRIU before 4.2 cannot dump any INET socket on kernels >= 6.16.
 pub const INET_ON_NEW_KERNELS: CriuVersion = 4_02_00;
 
-/// Needed by `checkpoint --pre-dump` (dirty-memory tracking, soft-dirty).
-pub const FEATURE_MEM_TRACK: &str = "mem_track";
-/// Needed by `--lazy-pages` (userfaultfd).
-pub const FEATURE_LAZY_PAGES: &str = "lazy_pages";
-
 pub fn format_version(v: CriuVersion) -> String {
     format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
 }
@@ -35,7 +30,8 @@ pub fn version(s: &mut Session) -> Result<CriuVersion, CriuError> {
     Ok(v.major_number() as u32 * 10000 + v.minor_number() as u32 * 100 + v.sublevel() as u32)
 }
 
-/// What FEATURE_CHECK answered.
+/// What FEATURE_CHECK answered: `mem_track` gates `--pre-dump` (dirty-memory
+/// tracking, soft-dirty), `lazy_pages` gates `--lazy-pages` (userfaultfd).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Features {
     pub mem_track: bool,

@@ -137,7 +137,9 @@ mod tests {
     #[test]
     fn harmless_rlimit_line_is_not_quoted_ok() {
         let log = "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n";
-        assert!(LogExcerpt::from_text(Path::new("/l"), log).quoted.is_empty());
+        assert!(LogExcerpt::from_text(Path::new("/l"), log)
+            .quoted
+            .is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use nix::sys::socket::{
 };
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use protobuf::{Enum, EnumOrUnknown, Message};
+use protobuf::{EnumOrUnknown, Message};
 use thiserror::Error;
 
 use super::cancel::CancelToken;
@@ -48,8 +48,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// its process group is killed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Default deadline of one CRIU request (`--criu-timeout`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default deadline of one CRIU request (`--criu-timeout`): generous for a
+/// large container's dump, finite so that nothing waits forever.
+pub const DEFAULT_TIMEOUT: &str = "5m";
 
 #[derive(Debug, Error)]
 pub enum CriuError {
@@ -216,7 +217,9 @@ impl Session {
         let mut cmd = Command::new(&cfg.criu);
         cmd.args(["swrk", "3"]);
         if !cfg.inherit_stdio {
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr);
         }
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -609,10 +612,6 @@ impl Session {
         let _ = killpg(self.pid, Signal::SIGKILL);
         st
     }
-
-    pub fn work_dir(&self) -> Option<&Path> {
-        self.cfg.work_dir.as_deref()
-    }
 }
 
 impl Drop for Session {
@@ -629,10 +628,4 @@ pub fn request(t: Criu_req_type) -> Criu_req {
     let mut r = Criu_req::new();
     r.type_ = Some(EnumOrUnknown::new(t));
     r
-}
-
-/// For messages: the enum's name.
-pub fn type_name(t: Criu_req_type) -> &'static str {
-    let _ = t.value();
-    op_name(t)
 }
