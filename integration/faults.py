@@ -43,6 +43,12 @@ def criu_procs(criu_path):
     return res
 
 
+def criu_children_of(parent_pid, criu_path):
+    """CRIU processes started by one runtime process (never anyone else's)."""
+    mine = set(criu_procs(criu_path))
+    return [pid for pid, ppid, _, _ in procs() if pid in mine and ppid == parent_pid]
+
+
 def runtime_procs(runtime_path):
     real = os.path.realpath(runtime_path)
     return [pid for pid, _, exe, cmd in procs() if exe == real and "--root" in cmd]

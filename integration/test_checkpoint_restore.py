@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from faults import REAL_CRIU, criu_procs, freezer_file, is_frozen, kill_group, record, wait_gone
+from faults import REAL_CRIU, criu_children_of, criu_procs, kill_group, record, wait_gone
 from helpers import make_bundle, read_count, wait_for
 
 
@@ -159,7 +159,7 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     while time.monotonic() < deadline and p.poll() is None:
         # Mid-restore: CRIU has started restoring memory.
         if log.exists() and "Restoring" in log.read_text(errors="replace") or (log.exists() and log.stat().st_size > 20000):
-            crius = criu_procs(REAL_CRIU)
+            crius = criu_children_of(p.pid, REAL_CRIU)
             if crius:
                 if case == "sigkill-criu":
                     for c in crius:
@@ -215,3 +215,56 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     assert not registered, "a failed restore left the container registered"
     assert not half_running, "a half-restored process is still running"
     assert mounts == [], f"criu-root mount left: {mounts}"
+
+
+# ---- diskless: pages through our page server ----------------------------------
+
+def alive(pid):
+    """Running (a zombie has exited; its reaper is not ours to wait for)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def start_page_server(tmp_path, dst, timeout="30s"):
+    from helpers import OURS
+    p = subprocess.Popen([str(OURS), "--criu-timeout", timeout, "page-server", "--image-path", str(dst),
+                          "--address", "127.0.0.1"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=open(tmp_path / "page-server.err", "w"), text=True)
+    line = p.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), line
+    return p, int(line.split(":")[1].split()[0]), int(line.split("pid ")[1].rstrip(")\n"))
+
+
+def test_checkpoint_to_page_server_then_restore(rt, tmp_path):
+    """The dump side is the runtime under test; the receiving side is our
+    `page-server`. Memory pages travel over TCP, never touch the source's
+    image directory, and the restore from the receiving side continues."""
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    ps, port, ps_pid = start_page_server(tmp_path, dst)
+    rt.run("checkpoint", "--image-path", src, "--page-server", f"127.0.0.1:{port}", "c1")
+    assert ps.wait(timeout=20) == 0, (tmp_path / "page-server.err").read_text()
+    assert wait_gone(lambda: [ps_pid] if alive(ps_pid) else [], 2) == [], "CRIU's page server outlived the transfer"
+    at_dump = read_count(b)
+    assert list(dst.glob("pages-*.img")) and not list(src.glob("pages-*.img"))
+    for f in src.iterdir():
+        if not (dst / f.name).exists():
+            shutil.copy(f, dst / f.name)
+    b2 = clone_bundle(b, tmp_path / "b2")
+    rt.run_piped("restore", "-d", "--image-path", dst, "--bundle", b2, "c2")
+    wait_for(lambda: read_count(b2) > at_dump + 2, what="restored counter")
+    assert rt.state("c2")["status"] == "running"
+
+
+def test_page_server_with_no_sender_times_out(tmp_path):
+    """Nobody connects: the page server is killed at the deadline, nothing left."""
+    t0 = time.monotonic()
+    ps, port, ps_pid = start_page_server(tmp_path, tmp_path / "dst", timeout="2s")
+    rc = ps.wait(timeout=10)
+    assert rc == 1 and time.monotonic() - t0 < 6
+    assert "no complete dump arrived within 2s" in (tmp_path / "page-server.err").read_text()
+    assert wait_gone(lambda: [ps_pid] if alive(ps_pid) else [], 2) == []
+    assert wait_gone(lambda: [p for p in criu_procs(REAL_CRIU) if alive(p)], 2) == []

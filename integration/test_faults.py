@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from faults import (FAKE_CRIU, REAL_CRIU, criu_procs, freezer_file, is_frozen, kill_group,
-                    record, runtime_procs, wait_gone)
+from faults import (FAKE_CRIU, REAL_CRIU, criu_children_of, criu_procs, freezer_file, is_frozen,
+                    kill_group, record, runtime_procs, wait_gone)
 from helpers import make_bundle, read_count, wait_for
 
 DEADLINE = 3          # --criu-timeout for ours, seconds
@@ -149,7 +149,7 @@ def test_real_criu_interrupted_mid_dump(rt, tmp_path, case):
     stopped = []
 
     def act():
-        criu = [c for c in criu_procs(REAL_CRIU)]
+        criu = criu_children_of(p.pid, REAL_CRIU)
         if case == "sigkill-criu":
             for c in criu:
                 os.kill(c, signal.SIGKILL)

@@ -108,6 +108,9 @@ pub enum Command {
     Features,
     /// Say what this host can and cannot do for checkpoint/restore, and why
     Check,
+    /// Receive a checkpoint's memory pages over the network into an image
+    /// directory (CRIU's page server), until the dumping side is done
+    PageServer(PageServerArgs),
     /// Checkpoint a running container
     Checkpoint(CheckpointArgs),
     /// Restore a container from a previous checkpoint
@@ -387,6 +390,23 @@ pub struct SpecArgs {
     /// Generate a configuration for a rootless container
     #[arg(long = "rootless", id = "spec_rootless")]
     pub rootless: bool,
+}
+
+/// `page-server` (ours; runc expects a page server started by hand).
+#[derive(Args, Debug)]
+pub struct PageServerArgs {
+    /// Directory the received pages are written to
+    #[arg(long, value_name = "DIR")]
+    pub image_path: PathBuf,
+    /// Path for CRIU's log (default: the image path)
+    #[arg(long, value_name = "DIR")]
+    pub work_path: Option<PathBuf>,
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub address: String,
+    /// Port to listen on (0: any free port, printed on stdout)
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub port: u16,
 }
 
 /// CRIU options shared by `checkpoint` and `restore` (runc defines each in

@@ -86,6 +86,7 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Spec(a) => spec::spec(a).map(|_| 0),
         Command::Features => features::features(&ctx).map(|_| 0),
         Command::Check => check::check(&ctx),
+        Command::PageServer(a) => page_server::page_server(a, &ctx).map(|_| 0),
         Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
         Command::Restore(a) => restore::restore(a, &ctx),
     }

@@ -22,6 +22,7 @@ pub mod foreground;
 pub mod kill;
 pub mod lifecycle;
 pub mod list;
+pub mod page_server;
 pub mod ps;
 pub mod restore;
 pub mod spec;

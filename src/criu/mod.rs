@@ -7,6 +7,8 @@
 //! - [`janitor`]: a small guard process that undoes what an interrupted
 //!   operation left behind (CRIU still running, a frozen cgroup, a
 //!   half-restored tree) if the runtime itself dies, even by SIGKILL.
+//! - [`page_server`]: CRIU's page server (receiving side of a diskless
+//!   dump), tracked by pidfd, killed at the deadline or on a signal.
 //! - [`cancel`]: SIGINT/SIGTERM/SIGHUP turned into a pollable fd.
 //! - [`log`]: the `Error` lines of CRIU's log, with hints for known failures.
 //! - [`gates`]: the CRIU version and features we rely on, as named constants,
@@ -20,6 +22,7 @@ pub mod cancel;
 pub mod gates;
 pub mod janitor;
 pub mod log;
+pub mod page_server;
 pub mod session;
 
 pub use rust_criu::rust_criu_protobuf::rpc;

@@ -179,7 +179,7 @@ fn op_name(t: Criu_req_type) -> &'static str {
     }
 }
 
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the returned fd is owned by us.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {

@@ -1,0 +1,64 @@
+//! `page-server`: the receiving side of a diskless checkpoint
+//! (`checkpoint --page-server ADDR:PORT` on the other side). Prints
+//! `listening on ADDR:PORT (pid N)` once ready, then waits until the dump
+//! is done; exits 1 if CRIU's page server logged errors, timed out
+//! (`--criu-timeout`) or was cancelled.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::checkpoint::{criu_timeout, make_dir};
+use super::Ctx;
+use crate::cli::PageServerArgs;
+use crate::criu::janitor::{Action, Janitor};
+use crate::criu::page_server::{self, Ended};
+use crate::criu::session::{Session, SessionConfig};
+use crate::criu::{cancel, gates};
+
+pub fn page_server(args: PageServerArgs, ctx: &Ctx) -> Result<()> {
+    let timeout = criu_timeout(ctx)?;
+    let work_path = args
+        .work_path
+        .clone()
+        .unwrap_or_else(|| args.image_path.clone());
+    make_dir(&args.image_path, "image directory")?;
+    make_dir(&work_path, "work directory")?;
+    let images = File::open(&args.image_path)?;
+    let work = File::open(&work_path)?;
+    let cancel = cancel::install().context("failed to install signal handlers")?;
+    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    let cfg = SessionConfig {
+        criu: ctx.global.criu.clone(),
+        timeout,
+        work_dir: Some(work_path.clone()),
+        inherit_stdio: false,
+    };
+    let mut session = Session::start(cfg, Some(cancel))?;
+    janitor.arm(Action::KillGroup(session.pgid()));
+    gates::version(&mut session)?;
+    let ps = page_server::start(
+        &mut session,
+        images.as_raw_fd(),
+        work.as_raw_fd(),
+        &work_path,
+        &args.address,
+        args.port,
+    )?;
+    session.close();
+    janitor.arm(Action::Kill(ps.pid));
+    println!("listening on {}:{} (pid {})", args.address, ps.port, ps.pid);
+    let _ = std::io::stdout().flush();
+    let ended = ps.wait(timeout, Some(cancel));
+    janitor.disarm();
+    match ended {
+        Ended::Exited { errors: None } => Ok(()),
+        Ended::Exited { errors: Some(e) } => bail!("CRIU's page server failed{e}"),
+        Ended::TimedOut(t) => bail!(
+            "no complete dump arrived within {t:?} (--criu-timeout); the page server was killed"
+        ),
+        Ended::Cancelled(sig) => bail!("page server cancelled by signal {sig}; it was killed"),
+    }
+}
