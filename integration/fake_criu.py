@@ -45,42 +45,30 @@ def field_bytes(num, b):
     return varint((num << 3) | 2) + varint(len(b)) + b
 
 
+def read_varint(msg, i):
+    """(value, next index) of the varint at msg[i]."""
+    v = shift = 0
+    while True:
+        b = msg[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
 def parse_type(msg):
     """The `type` field (1, varint) of a criu_req."""
     i = 0
     while i < len(msg):
-        key = 0
-        shift = 0
-        while True:
-            b = msg[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        key, i = read_varint(msg, i)
         num, wt = key >> 3, key & 7
         if wt == 0:
-            v = 0
-            shift = 0
-            while True:
-                b = msg[i]
-                i += 1
-                v |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
+            v, i = read_varint(msg, i)
             if num == 1:
                 return v
         elif wt == 2:
-            ln = 0
-            shift = 0
-            while True:
-                b = msg[i]
-                i += 1
-                ln |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
+            ln, i = read_varint(msg, i)
             i += ln
         else:
             return None

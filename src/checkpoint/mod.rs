@@ -9,3 +9,4 @@
 pub mod images;
 pub mod options;
 pub mod request;
+pub mod spec;

@@ -121,15 +121,22 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     })
 }
 
+/// runc's defaults: the image path is ./checkpoint, the work path the
+/// image path; both made absolute.
+fn image_and_work(image: Option<&Path>, work: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let image = absolute(image.unwrap_or(Path::new("checkpoint")))?;
+    let work = match work {
+        Some(w) => absolute(w)?,
+        None => image.clone(),
+    };
+    Ok((image, work))
+}
+
 impl CheckpointOptions {
     pub fn from_args(a: &CheckpointArgs) -> Result<CheckpointOptions> {
         crate::store::validate_id(&a.container_id)?;
-        // runc: image path defaults to ./checkpoint, work path to the image path.
-        let image_path = absolute(a.image_path.as_deref().unwrap_or(Path::new("checkpoint")))?;
-        let work_path = match &a.work_path {
-            Some(w) => absolute(w)?,
-            None => image_path.clone(),
-        };
+        let (image_path, work_path) =
+            image_and_work(a.image_path.as_deref(), a.work_path.as_deref())?;
         if let Some(parent) = &a.parent_path {
             if parent.is_absolute() {
                 bail!(
@@ -220,11 +227,8 @@ pub struct RestoreOptions {
 impl RestoreOptions {
     pub fn from_args(a: &crate::cli::RestoreArgs) -> Result<RestoreOptions> {
         crate::store::validate_id(&a.container_id)?;
-        let image_path = absolute(a.image_path.as_deref().unwrap_or(Path::new("checkpoint")))?;
-        let work_path = match &a.work_path {
-            Some(w) => absolute(w)?,
-            None => image_path.clone(),
-        };
+        let (image_path, work_path) =
+            image_and_work(a.image_path.as_deref(), a.work_path.as_deref())?;
         Ok(RestoreOptions {
             id: a.container_id.clone(),
             image_path,

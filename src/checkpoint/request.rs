@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use protobuf::{EnumOrUnknown, MessageField};
 
-use super::options::{CgMode, CheckpointOptions, RestoreOptions};
+use super::options::{CgMode, CheckpointOptions, CriuCommon, RestoreOptions};
 use crate::criu::rpc::{
     Cgroup_root, Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type,
     Ext_mount_map, Inherit_fd,
@@ -56,6 +56,33 @@ fn ext_mount(key: &str, val: &str) -> Ext_mount_map {
     m
 }
 
+/// What every DUMP/PRE_DUMP/RESTORE request carries: the directories, the
+/// log, cgroup management, notifications, and the options both commands
+/// share (runc sets the same in `Checkpoint` and `Restore`).
+fn base_opts(c: &CriuCommon, images_fd: i32, work_fd: i32, log_file: &str) -> Criu_opts {
+    let mut opts = Criu_opts::new();
+    opts.images_dir_fd = Some(images_fd);
+    opts.work_dir_fd = Some(work_fd);
+    opts.log_level = Some(LOG_LEVEL);
+    opts.log_file = Some(log_file.to_string());
+    opts.manage_cgroups = Some(true);
+    opts.notify_scripts = Some(true);
+    opts.orphan_pts_master = Some(true);
+    opts.shell_job = Some(c.shell_job);
+    opts.tcp_established = Some(c.tcp_established);
+    opts.ext_unix_sk = Some(c.ext_unix_sk);
+    opts.file_locks = Some(c.file_locks);
+    opts.auto_dedup = Some(c.auto_dedup);
+    opts.lazy_pages = Some(c.lazy_pages);
+    if c.empty_ns != 0 {
+        opts.empty_ns = Some(c.empty_ns);
+    }
+    if let Some(m) = c.manage_cgroups_mode {
+        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
+    }
+    opts
+}
+
 /// DUMP (or PRE_DUMP) for the container described by `f`.
 pub fn dump_request(
     o: &CheckpointOptions,
@@ -63,31 +90,12 @@ pub fn dump_request(
     images_fd: i32,
     work_fd: i32,
 ) -> Criu_req {
-    let mut opts = Criu_opts::new();
-    opts.images_dir_fd = Some(images_fd);
-    opts.work_dir_fd = Some(work_fd);
-    opts.log_level = Some(LOG_LEVEL);
-    opts.log_file = Some(log_name(o).to_string());
+    let mut opts = base_opts(&o.common, images_fd, work_fd, log_name(o));
     opts.root = Some(f.rootfs.display().to_string());
     opts.pid = Some(f.init_pid);
-    opts.manage_cgroups = Some(true);
-    opts.notify_scripts = Some(true);
-    opts.orphan_pts_master = Some(true);
-    opts.shell_job = Some(o.common.shell_job);
     opts.leave_running = Some(o.leave_running);
-    opts.tcp_established = Some(o.common.tcp_established);
     opts.tcp_skip_in_flight = Some(o.tcp_skip_in_flight);
     opts.link_remap = Some(o.link_remap);
-    opts.ext_unix_sk = Some(o.common.ext_unix_sk);
-    opts.file_locks = Some(o.common.file_locks);
-    opts.auto_dedup = Some(o.common.auto_dedup);
-    opts.lazy_pages = Some(o.common.lazy_pages);
-    if o.common.empty_ns != 0 {
-        opts.empty_ns = Some(o.common.empty_ns);
-    }
-    if let Some(m) = o.common.manage_cgroups_mode {
-        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
-    }
     if let Some(cg) = &f.freeze_cgroup {
         opts.freeze_cgroup = Some(cg.display().to_string());
     }
@@ -148,30 +156,11 @@ pub fn restore_request(
     images_fd: i32,
     work_fd: i32,
 ) -> Criu_req {
-    let mut opts = Criu_opts::new();
-    opts.images_dir_fd = Some(images_fd);
-    opts.work_dir_fd = Some(work_fd);
-    opts.log_level = Some(LOG_LEVEL);
-    opts.log_file = Some("restore.log".to_string());
+    let mut opts = base_opts(&o.common, images_fd, work_fd, "restore.log");
     opts.root = Some(f.criu_root.display().to_string());
     // The restored init becomes our child (then the shim's, as subreaper).
     opts.rst_sibling = Some(true);
     opts.evasive_devices = Some(true);
-    opts.manage_cgroups = Some(true);
-    opts.notify_scripts = Some(true);
-    opts.orphan_pts_master = Some(true);
-    opts.shell_job = Some(o.common.shell_job);
-    opts.ext_unix_sk = Some(o.common.ext_unix_sk);
-    opts.tcp_established = Some(o.common.tcp_established);
-    opts.file_locks = Some(o.common.file_locks);
-    opts.auto_dedup = Some(o.common.auto_dedup);
-    opts.lazy_pages = Some(o.common.lazy_pages);
-    if o.common.empty_ns != 0 {
-        opts.empty_ns = Some(o.common.empty_ns);
-    }
-    if let Some(m) = o.common.manage_cgroups_mode {
-        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
-    }
     if let Some(p) = &o.lsm_profile {
         opts.lsm_profile = Some(p.clone());
     }

@@ -22,14 +22,9 @@ use crate::checkpoint::options::CheckpointOptions;
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::CheckpointArgs;
 use crate::criu::cancel;
-use crate::criu::gates::{self, format_version, MIN_VERSION};
+use crate::criu::gates::{self, format_version};
 use crate::criu::janitor::{self, Action, Janitor};
-use crate::criu::session::{AcceptAll, Session, SessionConfig};
-
-/// The annotation runc reads for a CRIU configuration file.
-pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
-/// runc's default CRIU configuration file, used when the annotation is absent.
-pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
+use crate::criu::session::AcceptAll;
 
 pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
     let d = humantime::parse_duration(&ctx.global.criu_timeout).with_context(|| {
@@ -60,12 +55,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
         .with_context(|| format!("rootfs {} is gone", rootfs.display()))?;
     let mut external_mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        let bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if bind {
+        if crate::checkpoint::spec::is_bind(m) {
             external_mounts.push(m.destination().display().to_string());
         }
     }
@@ -80,15 +70,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
             inside.exists() && !inside.is_dir()
         })
         .collect();
-    let config_file = match spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
-    {
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)).filter(|p| p.exists()),
-    };
+    let config_file = crate::checkpoint::spec::criu_config_file(&spec);
     Ok(ContainerFacts {
         init_pid: pid,
         rootfs,
@@ -124,7 +106,8 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let opts = CheckpointOptions::from_args(&args)?;
-    let timeout = criu_timeout(ctx)?;
+    // Validate --criu-timeout before any work starts.
+    criu_timeout(ctx)?;
     let mut c = ctx.store.load(&opts.id)?;
     let id = opts.id.clone();
     match c.status() {
@@ -165,7 +148,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let work_dir = File::open(&opts.work_path)
         .with_context(|| format!("failed to open {}", opts.work_path.display()))?;
 
-    let cancel = cancel::install().context("failed to install signal handlers")?;
+    cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
     for m in images::completion_markers(&opts.image_path) {
         janitor.arm(Action::Remove(m));
@@ -174,24 +157,9 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         janitor.arm(Action::Thaw(f.clone(), v.clone()));
     }
 
-    let cfg = SessionConfig {
-        criu: ctx.global.criu.clone(),
-        timeout,
-        work_dir: Some(opts.work_path.clone()),
-        inherit_stdio: false,
-    };
     let result = (|| -> Result<u32> {
-        let mut session = Session::start(cfg, Some(cancel))?;
-        janitor.arm(Action::KillGroup(session.pgid()));
-        let version = gates::version(&mut session)?;
-        if version < MIN_VERSION {
-            bail!(
-                "CRIU {} at {} is too old: cntrlive-runtime needs CRIU >= {}",
-                format_version(version),
-                ctx.global.criu.display(),
-                format_version(MIN_VERSION)
-            );
-        }
+        let (mut session, version) =
+            super::criu_session(ctx, &opts.work_path, false, &mut janitor)?;
         if opts.pre_dump || opts.common.lazy_pages {
             let f = gates::features(&mut session)?;
             if opts.pre_dump && !f.mem_track {

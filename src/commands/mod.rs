@@ -56,6 +56,36 @@ impl Ctx {
     }
 }
 
+/// Start a supervised CRIU session for an operation: CRIU's group armed in
+/// the janitor, the version gate checked. `inherit_stdio` for restore.
+pub fn criu_session(
+    ctx: &Ctx,
+    work_dir: &std::path::Path,
+    inherit_stdio: bool,
+    janitor: &mut crate::criu::janitor::Janitor,
+) -> Result<(crate::criu::session::Session, u32)> {
+    use crate::criu::gates::{self, format_version, MIN_VERSION};
+    let cfg = crate::criu::session::SessionConfig {
+        criu: ctx.global.criu.clone(),
+        timeout: checkpoint::criu_timeout(ctx)?,
+        work_dir: Some(work_dir.to_path_buf()),
+        inherit_stdio,
+    };
+    let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
+    let mut session = crate::criu::session::Session::start(cfg, Some(cancel))?;
+    janitor.arm(crate::criu::janitor::Action::KillGroup(session.pgid()));
+    let version = gates::version(&mut session)?;
+    if version < MIN_VERSION {
+        anyhow::bail!(
+            "CRIU {} at {} is too old: cntrlive-runtime needs CRIU >= {}",
+            format_version(version),
+            ctx.global.criu.display(),
+            format_version(MIN_VERSION)
+        );
+    }
+    Ok((session, version))
+}
+
 /// The cgroup manager of a loaded container.
 pub fn cgroup_manager(container: &Container) -> Result<AnyCgroupManager> {
     let config = container.spec().with_context(|| {

@@ -13,10 +13,9 @@ use anyhow::{bail, Context as _, Result};
 use super::checkpoint::{criu_timeout, make_dir};
 use super::Ctx;
 use crate::cli::PageServerArgs;
+use crate::criu::cancel;
 use crate::criu::janitor::{Action, Janitor};
 use crate::criu::page_server::{self, Ended};
-use crate::criu::session::{Session, SessionConfig};
-use crate::criu::{cancel, gates};
 
 pub fn page_server(args: PageServerArgs, ctx: &Ctx) -> Result<()> {
     let timeout = criu_timeout(ctx)?;
@@ -30,15 +29,7 @@ pub fn page_server(args: PageServerArgs, ctx: &Ctx) -> Result<()> {
     let work = File::open(&work_path)?;
     let cancel = cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
-    let cfg = SessionConfig {
-        criu: ctx.global.criu.clone(),
-        timeout,
-        work_dir: Some(work_path.clone()),
-        inherit_stdio: false,
-    };
-    let mut session = Session::start(cfg, Some(cancel))?;
-    janitor.arm(Action::KillGroup(session.pgid()));
-    gates::version(&mut session)?;
+    let (mut session, _) = super::criu_session(ctx, &work_path, false, &mut janitor)?;
     let ps = page_server::start(
         &mut session,
         images.as_raw_fd(),

@@ -22,7 +22,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use nix::unistd::Pid;
 
-use super::checkpoint::{criu_timeout, make_dir, CRIU_CONFIG_ANNOTATION, DEFAULT_CRIU_CONFIG};
+use super::checkpoint::{criu_timeout, make_dir};
 use super::{foreground, Ctx};
 use crate::bundle::Bundle;
 use crate::checkpoint::images::{Manifest, INVENTORY};
@@ -30,9 +30,9 @@ use crate::checkpoint::options::RestoreOptions;
 use crate::checkpoint::request::{restore_request, RestoreFacts};
 use crate::cli::RestoreArgs;
 use crate::criu::cancel;
-use crate::criu::gates::{self, format_version, MIN_VERSION};
+use crate::criu::gates;
 use crate::criu::janitor::{Action, Janitor};
-use crate::criu::session::{Notify, NotifyOutcome, Session, SessionConfig};
+use crate::criu::session::{Notify, NotifyOutcome};
 
 /// Answers CRIU's notifications during a restore.
 struct RestoreNotify<'a> {
@@ -177,7 +177,8 @@ fn inherit_fds(image_path: &Path) -> Vec<(String, i32)> {
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let o = RestoreOptions::from_args(&args)?;
     let id = o.id.clone();
-    let timeout = criu_timeout(ctx)?;
+    // Validate --criu-timeout before any work starts.
+    criu_timeout(ctx)?;
     ctx.store.ensure_free(&id)?;
     let bundle = Bundle::open(args.launch.bundle.as_deref())?;
     let manifest = check_images(&o)?;
@@ -193,12 +194,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let rootfs = std::fs::canonicalize(&rootfs)?;
     let mut bind_mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        let bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|x| x == "bind" || x == "rbind");
-        if let (true, Some(src)) = (bind, m.source()) {
+        if let (true, Some(src)) = (crate::checkpoint::spec::is_bind(m), m.source()) {
             let src = if src.is_absolute() {
                 src.clone()
             } else {
@@ -226,15 +222,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         .and_then(|l| l.masked_paths().as_ref())
         .map(|m| !m.is_empty())
         .unwrap_or(false);
-    let config_file = match spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(CRIU_CONFIG_ANNOTATION))
-    {
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => Some(PathBuf::from(DEFAULT_CRIU_CONFIG)).filter(|p| p.exists()),
-    };
+    let config_file = crate::checkpoint::spec::criu_config_file(spec);
 
     // From here on, everything is undone on failure.
     let state_root = ctx.ensure_root()?;
@@ -276,25 +264,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         })
         .context("failed to set up the container's cgroup")?;
 
-        let cancel = cancel::install().context("failed to install signal handlers")?;
+        cancel::install().context("failed to install signal handlers")?;
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         janitor.arm(Action::Umount(criu_root.clone()));
-        let cfg = SessionConfig {
-            criu: ctx.global.criu.clone(),
-            timeout,
-            work_dir: Some(o.work_path.clone()),
-            inherit_stdio: true,
-        };
-        let mut session = Session::start(cfg, Some(cancel))?;
-        janitor.arm(Action::KillGroup(session.pgid()));
-        let version = gates::version(&mut session)?;
-        if version < MIN_VERSION {
-            bail!(
-                "CRIU {} is too old: cntrlive-runtime needs CRIU >= {}",
-                format_version(version),
-                format_version(MIN_VERSION)
-            );
-        }
+        let (mut session, version) = super::criu_session(ctx, &o.work_path, true, &mut janitor)?;
         if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
             bail!(gates::lazy_pages_missing());
         }
