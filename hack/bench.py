@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Lifecycle benchmark: create + start + delete of a `true` container,
+"""Benchmarks: create + start + delete of a `true` container, and checkpoint
++ restore of a busybox loop (images on tmpfs), both
 cntrlive-runtime and runc interleaved in one run (this machine is noisy: each
 round runs both, in alternating order), medians and ratios written to
 docs/performance.md together with the command that produced them.
@@ -60,6 +61,50 @@ def cycle(binary, root, bundle, cid, measure_rss=False):
     return r
 
 
+def criu_seconds(log):
+    """CRIU's own elapsed time: the timestamp of the last line of its log."""
+    import re
+    last = None
+    for line in pathlib.Path(log).read_text(errors="replace").splitlines():
+        m = re.match(r"\((\d+\.\d+)\)", line)
+        if m:
+            last = float(m.group(1))
+    return last
+
+
+def cr_cycle(binary, root, bundle, work, i):
+    """Checkpoint a running busybox loop and restore it under another ID;
+    images on tmpfs. Returns wall and CRIU times of both."""
+    base = [binary, "--root", root]
+    cid, rid = f"cr{i}", f"rs{i}"
+    img = pathlib.Path(tempfile.mkdtemp(prefix="img-", dir="/dev/shm"))
+    keep = []
+    try:
+        p = subprocess.Popen(base + ["run", "-d", "--bundle", bundle, cid], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        keep.append(p)
+        if p.wait() != 0:
+            raise SystemExit(f"run failed: {p.stderr.read().decode()}")
+        time.sleep(0.3)
+        c, _ = timed(base + ["checkpoint", "--image-path", str(img), cid])
+        c_criu = criu_seconds(img / "dump.log")
+        t0 = time.perf_counter()
+        q = subprocess.Popen(base + ["restore", "-d", "--image-path", str(img), "--bundle", bundle, rid],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        keep.append(q)
+        if q.wait() != 0:
+            raise SystemExit(f"restore failed: {q.stderr.read().decode()}")
+        r = time.perf_counter() - t0
+        r_criu = criu_seconds(img / "restore.log")
+        subprocess.run(base + ["delete", "--force", rid], capture_output=True)
+        return {"checkpoint": c, "checkpoint_criu": c_criu, "restore": r, "restore_criu": r_criu}
+    finally:
+        for k in keep:
+            k.stdout.close()
+            k.stderr.close()
+        shutil.rmtree(img, ignore_errors=True)
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -68,6 +113,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--cr-rounds", type=int, default=12, help="checkpoint/restore rounds (0: skip)")
     ap.add_argument("--out", default=str(TOP / "docs" / "performance.md"))
     ap.add_argument("--ours", default=str(TOP / "target" / "release" / "cntrlive-runtime"))
     ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
@@ -91,6 +137,16 @@ def main():
                     rss[name].append(r["rss"])
                 elif i >= a.warmup:
                     results[name].append(r)
+        cr = {name: [] for name in runtimes}
+        cr_bundle = make_bundle(work / "cr-bundle")
+        for i in range(a.cr_rounds + (1 if a.cr_rounds else 0)):
+            order = list(runtimes.items())
+            if i % 2:
+                order.reverse()
+            for name, binary in order:
+                r = cr_cycle(binary, str(work / f"root-{name}"), str(cr_bundle), work, i)
+                if i >= 1:
+                    cr[name].append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -112,6 +168,19 @@ def main():
     table.append(f"| peak RSS, largest of the three calls (KiB, median of {rss_rounds} rounds) "
                  f"| {rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f}× |")
 
+    if a.cr_rounds:
+        table += ["", f"Checkpoint and restore of a busybox loop, images on tmpfs, {a.cr_rounds} rounds after 1 warm-up "
+                  "(restore under another container ID). \"CRIU\" is CRIU's own elapsed time (last timestamp of "
+                  "dump.log/restore.log); overhead = wall − CRIU.", "",
+                  "| operation | cntrlive-runtime wall (ms) | CRIU (ms) | overhead (ms) | runc wall (ms) | CRIU under runc (ms) | ratio wall (ours / runc) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for op in ("checkpoint", "restore"):
+            ow = med([r[op] for r in cr[ours]]) * 1000
+            oc = med([r[op + "_criu"] for r in cr[ours]]) * 1000
+            rw = med([r[op] for r in cr[runc]]) * 1000
+            rc = med([r[op + "_criu"] for r in cr[runc]]) * 1000
+            table.append(f"| {op} | {ow:.1f} | {oc:.1f} | {ow - oc:.1f} | {rw:.1f} | {rc:.1f} | {ow / rw:.2f}× |")
+
     text = "\n".join(table)
     print(text)
     out = pathlib.Path(a.out)
@@ -123,7 +192,7 @@ def main():
                f"interleaved (each round runs both runtimes, alternating which goes first).\n"
                f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
                f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
-               f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds}`)\n\n"
+               f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds} --cr-rounds {a.cr_rounds}`)\n\n"
                f"{text}\n{end}")
     if start in body and end in body:
         body = body[: body.index(start)] + section + body[body.index(end) + len(end):]

@@ -91,3 +91,14 @@ def record(**kw):
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
         f.write(json.dumps(kw) + "\n")
+
+
+def yard_mounts(work_dir):
+    """CRIU cgroup-yard mounts left under a work dir (a killed CRIU leaves them)."""
+    prefix = f"{work_dir}/.criu.cgyard."
+    return [l.split()[1] for l in open("/proc/self/mounts") if l.split()[1].startswith(prefix)]
+
+
+def detach(mounts):
+    for m in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)

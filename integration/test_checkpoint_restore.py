@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from faults import REAL_CRIU, criu_children_of, criu_procs, kill_group, record, wait_gone
+from faults import REAL_CRIU, criu_children_of, criu_procs, detach, kill_group, record, wait_gone, yard_mounts
 from helpers import make_bundle, read_count, wait_for
 
 
@@ -197,13 +197,14 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     half_running = read_count(b2) > m1
     mounts = [l.split()[1] for l in open("/proc/self/mounts")
               if "criu-root" in l and l.split()[1].startswith(str(rt.root))]
+    yards = yard_mounts(img)
     record(scenario=f"restore:{case}", runtime=rt.name, exit=p.returncode, seconds=round(elapsed, 2), hung=hung,
+           cgroup_mounts_left=len(yards),
            criu_leaked=len(leaked), registered=registered, restored_tree_running=half_running,
            criu_root_mounts=len(mounts), acted=acted, error=(err or "").strip()[-300:])
     p.stdout.close()
     if rt.name != "cntrlive":
-        for m in mounts:  # what runc leaked: recorded above, cleaned here
-            subprocess.run(["umount", "-l", m], capture_output=True)
+        detach(mounts + yards)  # what runc leaked: recorded above, cleaned here
         return
     if not acted:
         pytest.fail("restore finished before the fault could be injected")
@@ -215,6 +216,7 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     assert not registered, "a failed restore left the container registered"
     assert not half_running, "a half-restored process is still running"
     assert mounts == [], f"criu-root mount left: {mounts}"
+    assert yards == [], f"CRIU's cgroup yard left mounted: {yards}"
 
 
 # ---- diskless: pages through our page server ----------------------------------

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from faults import (FAKE_CRIU, REAL_CRIU, criu_children_of, criu_procs, freezer_file, is_frozen,
-                    kill_group, record, runtime_procs, wait_gone)
+                    detach, kill_group, record, runtime_procs, wait_gone, yard_mounts)
 from helpers import make_bundle, read_count, wait_for
 
 DEADLINE = 3          # --criu-timeout for ours, seconds
@@ -173,9 +173,11 @@ def test_real_criu_interrupted_mid_dump(rt, tmp_path, case):
     state = rt.run("state", "c1", check=False)
     alive = state.returncode == 0 and '"running"' in state.stdout
     frozen = alive and is_frozen(freezer_file(rt.state("c1")["pid"]))
+    yards = yard_mounts(img)
     record(scenario=f"real:{case}", runtime=rt.name, exit=rc, seconds=round(elapsed, 2), hung=hung,
            criu_leaked=len(leaked), frozen=frozen, container_alive=alive, acted=acted,
-           error=(err or "").strip()[-300:])
+           cgroup_mounts_left=len(yards), error=(err or "").strip()[-300:])
+    detach(yards) if rt.name != "cntrlive" else None
     assert acted, "the dump finished before the fault could be injected"
     if rt.name != "cntrlive":
         # runc is left as it is; thaw its container so teardown works.
@@ -196,4 +198,5 @@ def test_real_criu_interrupted_mid_dump(rt, tmp_path, case):
         assert expected in err, err
     assert leaked == [], "CRIU processes left behind"
     assert runtime_left == [], "runtime (or janitor) processes left behind"
+    assert yards == [], f"CRIU's cgroup yard left mounted: {yards}"
     assert_container_fine(rt, b, img)

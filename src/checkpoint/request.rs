@@ -30,6 +30,8 @@ pub struct ContainerFacts {
     pub masked_files: Vec<String>,
     /// A CRIU configuration file (`org.criu.config`, /etc/criu/runc.conf).
     pub config_file: Option<PathBuf>,
+    /// cgroup v1 controllers to dump (empty: all, right on pure v2).
+    pub cgroup_controllers: Vec<String>,
 }
 
 pub fn log_name(o: &CheckpointOptions) -> &'static str {
@@ -115,6 +117,7 @@ pub fn dump_request(
     if o.pre_dump {
         opts.track_mem = Some(true);
     }
+    opts.cgroup_dump_controller = f.cgroup_controllers.clone();
     for dest in &f.external_mounts {
         opts.ext_mnt.push(ext_mount(dest, dest));
     }
@@ -144,6 +147,8 @@ pub struct RestoreFacts {
     pub has_masked_files: bool,
     /// The container's cgroup path, relative to the controllers' roots.
     pub cgroup_root: Option<String>,
+    /// Apply `cgroup_root` to these controllers only (empty: to all).
+    pub cgroup_controllers: Vec<String>,
     /// (descriptor from descriptors.json, our fd that replaces it).
     pub inherit_fds: Vec<(String, i32)>,
     pub config_file: Option<PathBuf>,
@@ -176,9 +181,17 @@ pub fn restore_request(
         opts.ext_mnt.push(ext_mount("/dev/null", "/dev/null"));
     }
     if let Some(root) = &f.cgroup_root {
-        let mut cg = Cgroup_root::new();
-        cg.path = Some(root.clone());
-        opts.cg_root.push(cg);
+        let roots: Vec<Option<String>> = if f.cgroup_controllers.is_empty() {
+            vec![None]
+        } else {
+            f.cgroup_controllers.iter().cloned().map(Some).collect()
+        };
+        for ctrl in roots {
+            let mut cg = Cgroup_root::new();
+            cg.ctrl = ctrl;
+            cg.path = Some(root.clone());
+            opts.cg_root.push(cg);
+        }
     }
     for (key, fd) in &f.inherit_fds {
         let mut i = Inherit_fd::new();
@@ -227,6 +240,7 @@ mod tests {
             external_mounts: vec!["/data".into()],
             masked_files: vec!["/proc/kcore".into()],
             config_file: None,
+            cgroup_controllers: vec!["freezer".into()],
         };
         let r = dump_request(&opts(false), &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::DUMP);
@@ -238,6 +252,7 @@ mod tests {
         assert_eq!(o.ext_mnt.len(), 2);
         assert_eq!(o.ext_mnt[1].val(), "/dev/null");
         assert_eq!(o.log_file(), "dump.log");
+        assert_eq!(o.cgroup_dump_controller, ["freezer"]);
     }
 
     #[test]
@@ -259,6 +274,7 @@ mod tests {
             cgroup_root: Some("/default/c2".into()),
             inherit_fds: vec![("pipe:[123]".into(), 1)],
             config_file: None,
+            cgroup_controllers: vec!["memory".into(), "name=systemd".into()],
         };
         let r = restore_request(&o, &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::RESTORE);
@@ -273,7 +289,11 @@ mod tests {
             (o.ext_mnt[1].key(), o.ext_mnt[1].val()),
             ("/dev/null", "/dev/null")
         );
-        assert_eq!(o.cg_root[0].path(), "/default/c2");
+        assert_eq!(o.cg_root.len(), 2);
+        assert_eq!(
+            (o.cg_root[1].ctrl(), o.cg_root[1].path()),
+            ("name=systemd", "/default/c2")
+        );
         assert_eq!(
             (o.inherit_fd[0].key(), o.inherit_fd[0].fd()),
             ("pipe:[123]", 1)

@@ -79,6 +79,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
         external_mounts,
         masked_files,
         config_file,
+        cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
     })
 }
 

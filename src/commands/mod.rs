@@ -74,6 +74,9 @@ pub fn criu_session(
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
     let mut session = crate::criu::session::Session::start(cfg, Some(cancel))?;
     janitor.arm(crate::criu::janitor::Action::KillGroup(session.pgid()));
+    janitor.arm(crate::criu::janitor::Action::UmountYards(
+        work_dir.to_path_buf(),
+    ));
     let version = gates::version(&mut session)?;
     if version < MIN_VERSION {
         anyhow::bail!(

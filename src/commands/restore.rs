@@ -303,6 +303,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                     .to_string()
                     .trim_start_matches('/')
             )),
+            cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             inherit_fds: inherit_fds(&o.image_path),
             config_file,
         };

@@ -36,6 +36,8 @@ pub enum Action {
     Remove(PathBuf),
     /// Detach a temporary mount (restore's CRIU root).
     Umount(PathBuf),
+    /// Detach the cgroup yards a killed CRIU left under this work dir.
+    UmountYards(PathBuf),
 }
 
 impl Action {
@@ -46,6 +48,7 @@ impl Action {
             Action::Kill(p) => format!("kill {p}\n"),
             Action::Remove(f) => format!("rm {}\n", f.display()),
             Action::Umount(f) => format!("umount {}\n", f.display()),
+            Action::UmountYards(d) => format!("yards {}\n", d.display()),
         }
     }
 
@@ -63,6 +66,7 @@ impl Action {
             }
             "rm" => Some(Action::Remove(PathBuf::from(rest))),
             "umount" => Some(Action::Umount(PathBuf::from(rest))),
+            "yards" => Some(Action::UmountYards(PathBuf::from(rest))),
             _ => None,
         }
     }
@@ -84,6 +88,9 @@ impl Action {
             Action::Umount(f) => {
                 let _ = nix::mount::umount2(f.as_path(), nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_dir(f);
+            }
+            Action::UmountYards(d) => {
+                umount_cgroup_yards(d);
             }
         }
     }
@@ -215,6 +222,34 @@ impl Drop for Janitor {
     }
 }
 
+/// CRIU mounts every cgroup controller under `<work dir>/.criu.cgyard.XXX`
+/// and unmounts them when it ends normally; a killed CRIU leaves them in the
+/// host's mount table (found by the benchmark: a later `rm -r` of the work
+/// dir then walks into live cgroup filesystems). Detach them, deepest first.
+/// Returns how many were detached.
+pub fn umount_cgroup_yards(work_dir: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let prefix = format!("{}/.criu.cgyard.", work_dir.display());
+    let mut points: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    let mut n = 0;
+    for m in &points {
+        if nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH).is_ok() {
+            n += 1;
+        }
+    }
+    for m in &points {
+        let _ = std::fs::remove_dir(m);
+    }
+    n
+}
+
 /// The freezer control file of the cgroup `pid` is in, and the value that
 /// thaws it: v1 `freezer.state` ← `THAWED`, v2 `cgroup.freeze` ← `0`.
 pub fn freezer_of(pid: i32) -> Option<(PathBuf, String)> {
@@ -270,6 +305,7 @@ mod tests {
                 "THAWED".into(),
             ),
             Action::Remove(PathBuf::from("/img/inventory.img")),
+            Action::UmountYards(PathBuf::from("/work dir")),
         ] {
             assert_eq!(Action::decode(a.encode().trim_end()), Some(a.clone()));
         }

@@ -589,7 +589,8 @@ impl Session {
         }
     }
 
-    /// SIGKILL CRIU's whole process group and reap CRIU.
+    /// SIGKILL CRIU's whole process group and reap CRIU; then detach the
+    /// cgroup yard a killed CRIU leaves mounted in its work dir.
     pub fn kill(&mut self) {
         if self.reaped {
             return;
@@ -598,6 +599,16 @@ impl Session {
         // SIGKILL also ends a SIGSTOPped process.
         let _ = waitpid(self.pid, None);
         self.reaped = true;
+        self.clean_mounts();
+    }
+
+    fn clean_mounts(&self) {
+        if let Some(dir) = &self.cfg.work_dir {
+            let n = super::janitor::umount_cgroup_yards(dir);
+            if n > 0 {
+                tracing::warn!(n, dir = %dir.display(), "detached cgroup mounts CRIU left behind");
+            }
+        }
     }
 
     /// End the session deliberately: shut our end down so CRIU's next recv
@@ -610,6 +621,7 @@ impl Session {
         }
         // Helpers CRIU forked into its group (none should outlive it).
         let _ = killpg(self.pid, Signal::SIGKILL);
+        self.clean_mounts();
         st
     }
 }
