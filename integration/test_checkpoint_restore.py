@@ -6,6 +6,7 @@ continues from where it stopped, in the restored container's rootfs.
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,39 @@ def test_paused_container_stays_paused_after_leave_running(rt, tmp_path):
     assert read_count(b) == n
     rt.run("resume", "c1")
     wait_for(lambda: read_count(b) > n, what="counter after resume")
+
+
+def cgroup_dirs():
+    """Every cgroup directory of every hierarchy on this host."""
+    out = set()
+    for d, _, _ in os.walk("/sys/fs/cgroup"):
+        out.add(d)
+    return out
+
+
+def test_repeated_restores_do_not_nest_or_leak_cgroups(rt, tmp_path):
+    """Regression: on this v1/hybrid host CRIU dumped the whole unified and
+    name=systemd trees (the container sits at their root) and each restore
+    recreated them under the new container's cgroup, compounding to ~1.3M
+    empty directories. Three generations of checkpoint/restore must leave
+    the host's cgroup tree as it was."""
+    before = cgroup_dirs()
+    b = make_bundle(tmp_path / "b0")
+    start_piped(rt, b, "g0")
+    for gen in range(1, 4):
+        img = tmp_path / f"img{gen}"
+        rt.run("checkpoint", "--image-path", img, f"g{gen - 1}")
+        b = clone_bundle(b, tmp_path / f"b{gen}")
+        n = read_count(b)
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b, f"g{gen}")
+        wait_for(lambda: read_count(b) > n, what=f"generation {gen} counter")
+        nested = [d for d in cgroup_dirs() - before if len(re.findall(r"g[0-3]\b", d)) > 1]
+        assert not nested, f"cgroups nested by restore {gen}: {sorted(nested)[:5]}"
+    rt.run("kill", "g3", "KILL")
+    wait_for(lambda: rt.state("g3")["status"] == "stopped", what="stopped")
+    rt.run("delete", "g3")
+    left = sorted(cgroup_dirs() - before)
+    assert not left, f"{len(left)} cgroup dirs left after delete: {left[:5]}"
 
 
 # ---- bad input: refused before any process starts, nothing registered ------

@@ -24,8 +24,8 @@ pub fn criu_config_file(spec: &Spec) -> Option<PathBuf> {
     }
 }
 
-/// The cgroup v1 controllers of this host (`cpu`, `memory`, `name=systemd`…),
-/// empty on a pure cgroup v2 host.
+/// The cgroup v1 controllers of this host that libcontainer manages (`cpu`,
+/// `memory`, …), empty on a pure cgroup v2 host.
 ///
 /// On a v1 or hybrid host libcontainer manages only the v1 hierarchies: a
 /// container sits at the root of the unified (v2) hierarchy, so letting CRIU
@@ -33,6 +33,9 @@ pub fn criu_config_file(spec: &Spec) -> Option<PathBuf> {
 /// recreates it under its cgroup root — nesting that compounds with each
 /// restore (seen here: 842,136 empty directories and a 40 s dump). Dumps and
 /// restores therefore name the v1 controllers explicitly on such hosts.
+/// Named hierarchies (`name=systemd`) are left out for the same reason:
+/// libcontainer never places a container in them, so the container sits at
+/// their root too and dumping them nests the whole tree again.
 pub fn v1_controllers() -> Vec<String> {
     std::fs::read_to_string("/proc/self/cgroup")
         .unwrap_or_default()
@@ -44,6 +47,7 @@ pub fn v1_controllers() -> Vec<String> {
                 .then(|| ctrls.split(',').map(str::to_string).collect::<Vec<_>>())
         })
         .flatten()
+        .filter(|c| !c.starts_with("name="))
         .collect()
 }
 
