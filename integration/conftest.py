@@ -52,3 +52,17 @@ def docker_stack(stack):
     if stack.dockerd is None:
         stack.start_dockerd()
     return stack
+
+
+@pytest.fixture(scope="session")
+def docker_stack_b():
+    """A second containerd + dockerd: another "host" (own data-root,
+    exec-root, sockets, state), for migrations between daemons."""
+    from daemons import Stack
+    s = Stack(runtimes_under_test(), name="b")
+    try:
+        s.start_containerd()
+        s.start_dockerd()
+        yield s
+    finally:
+        s.stop()

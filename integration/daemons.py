@@ -45,11 +45,14 @@ class Daemon:
 class Stack:
     """containerd (+ dockerd on demand) under /run/cntrlive-test-<pid>."""
 
-    def __init__(self, runtimes):
-        tag = f"cntrlive-test-{os.getpid()}"
+    def __init__(self, runtimes, name="a"):
+        # Two stacks are two "hosts": nothing shared but the kernel.
+        tag = f"cntrlive-test-{os.getpid()}" + ("" if name == "a" else f"-{name}")
         self.run_dir = pathlib.Path("/run") / tag
         self.data_dir = pathlib.Path("/var/lib") / tag
         self.logs = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", "/var/tmp/cntrlive-test-logs"))
+        if name != "a":
+            self.logs = self.logs / name
         for d in (self.run_dir, self.data_dir, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.runtimes = runtimes  # [(name, path)]
@@ -86,6 +89,53 @@ class Stack:
         if check and p.returncode != 0:
             raise AssertionError(f"ctr {' '.join(map(str, args))} exited {p.returncode}: {p.stderr}")
         return p
+
+    def ctr_import_busybox(self, name="docker.io/library/busybox:local"):
+        """Make the busybox rootfs an image in containerd (an OCI archive
+        built here: nothing is pulled), for `ctr c checkpoint`, which only
+        checkpoints containers created from an image."""
+        if name in self.ctr("images", "ls", "-q").stdout.split():
+            return name
+        import gzip
+        import hashlib
+        import io
+        work = self.run_dir / "oci"
+        blobs = work / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+
+        def blob(data):
+            d = hashlib.sha256(data).hexdigest()
+            (blobs / d).write_bytes(data)
+            return {"digest": f"sha256:{d}", "size": len(data)}
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as t:
+            t.add(ROOTFS, arcname=".")
+        diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+        layer = blob(gzip.compress(raw.getvalue(), compresslevel=1))
+        config = blob(json.dumps({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                       "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }).encode())
+        manifest = blob(json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+        }).encode())
+        (work / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (work / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": "local"}}]}))
+        archive = self.run_dir / "busybox-oci.tar"
+        with tarfile.open(archive, "w") as t:
+            t.add(work, arcname=".")
+        self.ctr("images", "import", archive, timeout=120)
+        assert name in self.ctr("images", "ls", "-q").stdout.split(), "busybox image not imported"
+        return name
 
     # -- dockerd ------------------------------------------------------------
     @property

@@ -59,6 +59,8 @@ def base_config(args, terminal=False):
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
         ],
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},

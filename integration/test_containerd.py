@@ -85,3 +85,77 @@ def test_ctr_create_failure_reports_runtime_error(stack, rt_path, rootfs, reques
     finally:
         stack.ctr("task", "rm", "-f", cid, check=False)
         stack.ctr("c", "rm", cid, check=False)
+
+
+# ---- checkpoint / restore through containerd --------------------------------
+
+# The token is drawn once, at the process's start, and lives only in its
+# memory: a restored process still has it, a cold start draws another.
+TOKEN_LOOP = ("t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i+1)); "
+              "echo \"$t $i\" > /tmp/.n; mv /tmp/.n /tmp/n; sleep 0.1; done")
+
+
+def token_count(stack, cid, exec_id):
+    p = stack.ctr("task", "exec", "--exec-id", exec_id, cid, "cat", "/tmp/n", check=False)
+    if p.returncode != 0 or len(p.stdout.split()) != 2:
+        return None, -1
+    t, n = p.stdout.split()
+    return t, int(n)
+
+
+def cleanup_ctr(stack, *cids):
+    for cid in cids:
+        stack.ctr("task", "kill", "-s", "9", cid, check=False)
+        time.sleep(0.2)
+        stack.ctr("task", "rm", "-f", cid, check=False)
+        stack.ctr("c", "rm", cid, check=False)
+
+
+def test_ctr_checkpoint_and_restore_into_new_container(stack, rt_path, request):
+    """`ctr c checkpoint --task` (pause, checkpoint --leave-running, resume),
+    then `ctr c restore --live` as a new container: the restored task has the
+    source's memory and is a normal task (exec, pause, kill, delete)."""
+    image = stack.ctr_import_busybox()
+    src, dst = f"ctd-cr-{request.node.callspec.id}", f"ctd-cr2-{request.node.callspec.id}"
+    ref = f"cntrlive-test/{src}:cp1"
+    stack.ctr("run", "-d", "--runc-binary", rt_path, image, src, "sh", "-c", TOKEN_LOOP)
+    try:
+        wait_for(lambda: token_count(stack, src, "w")[1] > 3, what="the counter")
+        stack.ctr("c", "checkpoint", "--task", src, ref)
+        assert task_status(stack, src) == "RUNNING"
+        tok, n = token_count(stack, src, "a")
+        wait_for(lambda: token_count(stack, src, "b")[1] > n + 2, what="the source after checkpoint")
+
+        stack.ctr("c", "restore", "--live", dst, ref)
+        assert task_status(stack, dst) == "RUNNING"
+        wait_for(lambda: token_count(stack, dst, "c")[1] > 3, what="the restored counter")
+        t2, n2 = token_count(stack, dst, "d")
+        assert t2 == tok, "restored task has another token: it was started, not restored"
+        assert n2 >= n - 5, f"restored counter {n2} is behind the checkpoint's {n}"
+
+        stack.ctr("task", "pause", dst)
+        assert task_status(stack, dst) == "PAUSED"
+        stack.ctr("task", "resume", dst)
+        stack.ctr("task", "kill", "-s", "9", dst)
+        wait_for(lambda: task_status(stack, dst) == "STOPPED", what="restored task stopped")
+        stack.ctr("task", "rm", dst)
+    finally:
+        cleanup_ctr(stack, src, dst)
+        stack.ctr("images", "rm", ref, check=False)
+
+
+def test_ctr_task_checkpoint_exit_to_image_path(stack, rt_path, request, tmp_path):
+    """`ctr task checkpoint --exit --image-path`: images in a directory, the
+    task gone afterwards (the shim's `resume` after exit is tolerated)."""
+    image = stack.ctr_import_busybox()
+    cid = f"ctd-exit-{request.node.callspec.id}"
+    stack.ctr("run", "-d", "--runc-binary", rt_path, image, cid, "sh", "-c", TOKEN_LOOP)
+    try:
+        wait_for(lambda: token_count(stack, cid, "w")[1] > 3, what="the counter")
+        stack.ctr("task", "checkpoint", "--exit", "--image-path", tmp_path / "img",
+                  "--work-path", tmp_path / "work", cid)
+        wait_for(lambda: task_status(stack, cid) in (None, "STOPPED"), what="task to exit")
+        assert (tmp_path / "img" / "inventory.img").exists()
+        assert (tmp_path / "img" / "pstree.img").exists()
+    finally:
+        cleanup_ctr(stack, cid)

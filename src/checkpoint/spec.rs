@@ -51,6 +51,129 @@ pub fn v1_controllers() -> Vec<String> {
         .collect()
 }
 
+/// cgroup filesystems mounted inside a running container (mount points as
+/// the container sees them). CRIU cannot dump them — their root is a
+/// subdirectory of the host's hierarchy ("doesn't have a proper root
+/// mount") — so a dump names each as an external mount, as runc does for
+/// its cgroup binds (`addCriuDumpMount` in libcontainer/criu_linux.go).
+pub fn cgroup_mounts_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mount_point = pre.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| unescape(mount_point))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Where the restored container's cgroup mounts come from on this host:
+/// (mount point in the container, host directory). For each `cgroup` mount
+/// of the spec, every v1 hierarchy mounted under /sys/fs/cgroup is mapped to
+/// the new container's cgroup in it (`cgroup_path`), or, for hierarchies
+/// libcontainer does not manage (`name=systemd`), to this process's own
+/// cgroup there, which is where the restored tree will sit. On a unified
+/// host the one cgroup2 mount maps to the new cgroup. runc does the same for
+/// cgroup mounts in `Restore` (libcontainer/criu_linux.go).
+pub fn cgroup_restore_mounts(spec: &Spec, cgroup_path: &str) -> Vec<(String, String)> {
+    let dests: Vec<String> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("cgroup"))
+        .map(|m| m.destination().display().to_string())
+        .collect();
+    if dests.is_empty() {
+        return Vec::new();
+    }
+    let rel = cgroup_path.trim_start_matches('/');
+    let own = own_cgroups();
+    let mut out = Vec::new();
+    for (mount_point, ctrls) in host_cgroup_mounts() {
+        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/").map(str::to_string) else {
+            if mount_point == "/sys/fs/cgroup" && ctrls.is_none() {
+                // Unified host: one cgroup2 mount.
+                for d in &dests {
+                    out.push((d.clone(), format!("/sys/fs/cgroup/{rel}")));
+                }
+            }
+            continue;
+        };
+        let Some(ctrls) = ctrls else { continue }; // the hybrid host's unified tree
+        let managed = !ctrls.iter().any(|c| c.starts_with("name="));
+        let sub = if managed {
+            rel.to_string()
+        } else {
+            let key = ctrls.join(",");
+            own.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, p)| p.trim_start_matches('/').to_string())
+                .unwrap_or_default()
+        };
+        for d in &dests {
+            let host = if sub.is_empty() {
+                mount_point.clone()
+            } else {
+                format!("{mount_point}/{sub}")
+            };
+            out.push((format!("{}/{name}", d.trim_end_matches('/')), host));
+        }
+    }
+    out
+}
+
+/// This host's cgroup mounts: (mount point, v1 controllers or None for
+/// cgroup2).
+fn host_cgroup_mounts() -> Vec<(String, Option<Vec<String>>)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut f = post.split(' ');
+            let fstype = f.next()?;
+            let super_opts = f.nth(1)?;
+            let mount_point = unescape(pre.split(' ').nth(4)?);
+            match fstype {
+                "cgroup2" => Some((mount_point, None)),
+                "cgroup" => {
+                    let known = ["rw", "ro", "clone_children", "noprefix", "xattr"];
+                    let ctrls = super_opts
+                        .split(',')
+                        .filter(|o| !known.contains(o) && !o.starts_with("release_agent="))
+                        .map(str::to_string)
+                        .collect();
+                    Some((mount_point, Some(ctrls)))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// This process's v1 cgroups: (controllers as in /proc/self/cgroup, path).
+fn own_cgroups() -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((ctrls.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
 /// A bind mount: CRIU treats it as an external mount on both sides.
 pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")

@@ -59,6 +59,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
             external_mounts.push(m.destination().display().to_string());
         }
     }
+    external_mounts.extend(crate::checkpoint::spec::cgroup_mounts_of(pid));
     let masked_files = spec
         .linux()
         .as_ref()

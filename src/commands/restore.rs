@@ -291,18 +291,23 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             })
             .context("failed to apply the container's resources")?;
         undo.cgroup = Some(manager);
+        let cgroup_root = format!(
+            "/{}",
+            youki
+                .cgroup_path
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+        );
+        bind_mounts.extend(crate::checkpoint::spec::cgroup_restore_mounts(
+            spec,
+            &cgroup_root,
+        ));
         let facts = RestoreFacts {
             criu_root: criu_root.clone(),
             bind_mounts,
             has_masked_files,
-            cgroup_root: Some(format!(
-                "/{}",
-                youki
-                    .cgroup_path
-                    .display()
-                    .to_string()
-                    .trim_start_matches('/')
-            )),
+            cgroup_root: Some(cgroup_root),
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             inherit_fds: inherit_fds(&o.image_path),
             config_file,

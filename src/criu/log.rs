@@ -77,6 +77,18 @@ impl LogExcerpt {
         }
     }
 
+    /// The first error CRIU logged, without its timestamp and source
+    /// location: the one line a daemon shows when it keeps only the first
+    /// line of our message (dockerd and containerd do).
+    pub fn headline(&self) -> Option<String> {
+        let l = self.quoted.iter().find(|l| is_error(l))?;
+        let rest = match l.find("Error (") {
+            Some(i) => l[i..].split_once("): ").map(|(_, m)| m).unwrap_or(&l[i..]),
+            None => l.split_once(") ").map(|(_, m)| m).unwrap_or(l),
+        };
+        Some(rest.trim().to_string())
+    }
+
     /// The text appended to an error message.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -127,6 +139,10 @@ mod tests {
         assert!(e.quoted[0].contains("Dumping task"));
         assert!(e.quoted.last().unwrap().contains("failed with -1"));
         assert_eq!(e.hints.len(), 1);
+        assert_eq!(
+            e.headline().as_deref(),
+            Some("Can't lookup mount=123 for fd=1 path=/out.txt")
+        );
         let r = e.render();
         assert!(
             r.contains("full log: /w/dump.log") && r.contains("hint: a file descriptor"),

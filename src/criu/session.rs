@@ -351,6 +351,7 @@ impl Session {
             self.answered += 1;
             if !resp.success() {
                 let log_file = req.opts.as_ref().and_then(|o| o.log_file.clone());
+                let excerpt = self.log_excerpt(log_file.as_deref());
                 return Err(CriuError::Failed {
                     op,
                     errno: match resp.cr_errno {
@@ -361,22 +362,18 @@ impl Session {
                         .cr_errmsg
                         .clone()
                         .filter(|m| !super::log::is_harmless(m))
+                        .or_else(|| excerpt.as_ref().and_then(|e| e.headline()))
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default(),
-                    log: self.log_text(log_file.as_deref()),
+                    log: excerpt.map(|e| e.render()).unwrap_or_default(),
                 });
             }
             return Ok(resp);
         }
     }
 
-    fn log_text(&self, log_file: Option<&str>) -> String {
-        match (&self.cfg.work_dir, log_file) {
-            (Some(dir), Some(name)) => LogExcerpt::read(&dir.join(name))
-                .map(|e| e.render())
-                .unwrap_or_default(),
-            _ => String::new(),
-        }
+    fn log_excerpt(&self, log_file: Option<&str>) -> Option<LogExcerpt> {
+        LogExcerpt::read(&self.cfg.work_dir.as_ref()?.join(log_file?))
     }
 
     fn send_msg(&mut self, msg: &Criu_req, op: &'static str) -> Result<(), CriuError> {
@@ -521,7 +518,10 @@ impl Session {
     fn gone(&mut self, op: &'static str) -> CriuError {
         // Give the kernel a moment to make the exit visible.
         let status = self.wait_exit(Duration::from_millis(200));
-        let log = self.log_text(self.default_log_name());
+        let log = self
+            .log_excerpt(self.default_log_name())
+            .map(|e| e.render())
+            .unwrap_or_default();
         match status {
             Some(WaitStatus::Exited(_, code)) => CriuError::Died {
                 op,
