@@ -437,6 +437,10 @@ pub struct CriuFlags {
     /// Enable auto deduplication of memory images
     #[arg(long)]
     pub auto_dedup: bool,
+    /// Print what CRIU measured (frozen time, pages, image size) and the
+    /// runtime's own overhead: --stats (text) or --stats=json
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text", require_equals = true)]
+    pub stats: Option<crate::criu::stats::StatsFormat>,
 }
 
 /// `checkpoint` flags, named as runc's `checkpoint.go`.

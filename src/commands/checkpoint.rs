@@ -1,5 +1,4 @@
-//! `checkpoint` (runc's checkpoint.go) through the CRIU engine, and
-//! `restore` (not implemented yet).
+//! `checkpoint` (runc's checkpoint.go) through the CRIU engine.
 //!
 //! Order of work, so that a failure at any point leaves the container
 //! running and thawed and no image directory looking complete:
@@ -10,7 +9,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use chrono::{SecondsFormat, Utc};
@@ -25,6 +24,7 @@ use crate::criu::cancel;
 use crate::criu::gates::{self, format_version};
 use crate::criu::janitor::{self, Action, Janitor};
 use crate::criu::session::AcceptAll;
+use crate::criu::stats;
 
 pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
     let d = humantime::parse_duration(&ctx.global.criu_timeout).with_context(|| {
@@ -107,6 +107,7 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 }
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
+    let started = Instant::now();
     let opts = CheckpointOptions::from_args(&args)?;
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
@@ -159,7 +160,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         janitor.arm(Action::Thaw(f.clone(), v.clone()));
     }
 
-    let result = (|| -> Result<u32> {
+    let result = (|| -> Result<(u32, Duration)> {
         let (mut session, version) =
             super::criu_session(ctx, &opts.work_path, false, &mut janitor)?;
         if opts.pre_dump || opts.common.lazy_pages {
@@ -173,13 +174,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         }
         use std::os::fd::AsRawFd;
         let req = dump_request(&opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
+        let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
+        let criu_time = sent.elapsed();
         session.close();
-        Ok(version)
+        Ok((version, criu_time))
     })();
 
     match result {
-        Ok(version) => {
+        Ok((version, criu_time)) => {
             Manifest {
                 format: MANIFEST_FORMAT,
                 kind: if opts.pre_dump { "pre-dump" } else { "dump" }.to_string(),
@@ -196,6 +199,18 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 c.delete(true).with_context(|| {
                     format!("checkpoint done, but failed to delete container \"{id}\"")
                 })?;
+            }
+            if let Some(format) = args.criu.stats {
+                let diskless = opts.page_server.is_some();
+                let report = stats::Report::new(
+                    if opts.pre_dump { "pre-dump" } else { "checkpoint" },
+                    &id,
+                    started.elapsed(),
+                    criu_time,
+                    opts.work_path.join("stats-dump"),
+                    (!diskless).then_some(opts.image_path.as_path()),
+                )?;
+                println!("{}", report.render(format));
             }
             Ok(())
         }

@@ -175,6 +175,7 @@ fn inherit_fds(image_path: &Path) -> Vec<(String, i32)> {
 }
 
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
+    let started = std::time::Instant::now();
     let o = RestoreOptions::from_args(&args)?;
     let id = o.id.clone();
     // Validate --criu-timeout before any work starts.
@@ -233,6 +234,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         cgroup: None,
         pid: None,
     };
+    let mut criu_time = std::time::Duration::ZERO;
     let result = (|| -> Result<(i32, u32)> {
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
@@ -320,7 +322,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             pid: None,
             janitor: &mut janitor,
         };
+        let sent = std::time::Instant::now();
         let resp = session.request(&req, &mut notify);
+        criu_time = sent.elapsed();
         let notified = notify.pid;
         undo.pid = notified;
         let resp = resp?;
@@ -371,6 +375,22 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     };
     if let Some(m) = manifest {
         tracing::debug!(from = %m.container_id, criu = %m.criu_version, "restored");
+    }
+    if let Some(format) = args.criu.stats {
+        let report = crate::criu::stats::Report::new(
+            "restore",
+            &id,
+            started.elapsed(),
+            criu_time,
+            o.work_path.join("stats-restore"),
+            Some(&o.image_path),
+        )?;
+        // Attached, stdout is the container's: the report goes to stderr.
+        if o.detach {
+            println!("{}", report.render(format));
+        } else {
+            eprintln!("{}", report.render(format));
+        }
     }
     if o.detach {
         return Ok(0);

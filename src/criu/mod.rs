@@ -11,6 +11,7 @@
 //!   dump), tracked by pidfd, killed at the deadline or on a signal.
 //! - [`cancel`]: SIGINT/SIGTERM/SIGHUP turned into a pollable fd.
 //! - [`log`]: the `Error` lines of CRIU's log, with hints for known failures.
+//! - [`stats`]: what CRIU measured (stats-dump/stats-restore) for `--stats`.
 //! - [`gates`]: the CRIU version and features we rely on, as named constants,
 //!   and the host check behind `cntrlive-runtime check`.
 //!
@@ -24,5 +25,6 @@ pub mod janitor;
 pub mod log;
 pub mod page_server;
 pub mod session;
+pub mod stats;
 
 pub use rust_criu::rust_criu_protobuf::rpc;

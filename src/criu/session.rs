@@ -216,6 +216,11 @@ impl Session {
         };
         let mut cmd = Command::new(&cfg.criu);
         cmd.args(["swrk", "3"]);
+        if let Some(dir) = &cfg.work_dir {
+            // CRIU writes some files relative to its cwd (stats-restore):
+            // keep them in the work dir, not the caller's (the bundle).
+            cmd.current_dir(dir);
+        }
         if !cfg.inherit_stdio {
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -1,0 +1,254 @@
+//! What CRIU measured, read from the `stats-dump` / `stats-restore` file it
+//! writes into its work directory (CRIU's `criu/stats.c`, `images/stats.proto`),
+//! plus what the runtime measured around it: the command's wall time, the
+//! CRIU request's round trip, and the difference — our own overhead.
+//!
+//! The file is a CRIU service image: two magics (`IMG_SERVICE_MAGIC`,
+//! `STATS_MAGIC`), a 32-bit length, then a `stats_entry` protobuf message.
+//! rust-criu generates only the RPC types, so the message is read with the
+//! protobuf crate's unknown-field access, by field number.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use protobuf::well_known_types::empty::Empty;
+use protobuf::{Message, UnknownValueRef};
+use serde::Serialize;
+
+const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+const STATS_MAGIC: u32 = 0x5709_3306;
+
+/// `dump_stats_entry`: times in microseconds, as CRIU records them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DumpStats {
+    pub freezing_time_us: u64,
+    pub frozen_time_us: u64,
+    pub memdump_time_us: u64,
+    pub memwrite_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_parent: u64,
+    pub pages_written: u64,
+    pub pages_lazy: u64,
+    pub irmap_resolve_us: u64,
+}
+
+/// `restore_stats_entry`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RestoreStats {
+    pub pages_compared: u64,
+    pub pages_skipped_cow: u64,
+    pub forking_time_us: u64,
+    pub restore_time_us: u64,
+    pub pages_restored: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum CriuStats {
+    Dump(DumpStats),
+    Restore(RestoreStats),
+}
+
+/// Everything `--stats` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub operation: &'static str,
+    pub container_id: String,
+    /// The whole command, from its start to its end.
+    pub wall_time_ms: f64,
+    /// The CRIU request (DUMP, PRE_DUMP or RESTORE) from send to reply.
+    pub criu_request_ms: f64,
+    /// Wall time not spent inside the CRIU request.
+    pub runtime_overhead_ms: f64,
+    pub criu: CriuStats,
+    /// Bytes in the image directory (0 for a diskless dump).
+    pub image_bytes: u64,
+    pub stats_file: PathBuf,
+}
+
+/// Read a stats file CRIU wrote.
+pub fn read(path: &Path) -> Result<CriuStats> {
+    let data = std::fs::read(path)
+        .with_context(|| format!("CRIU wrote no statistics at {}", path.display()))?;
+    parse(&data).with_context(|| format!("unreadable CRIU statistics in {}", path.display()))
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+pub fn parse(data: &[u8]) -> Result<CriuStats> {
+    if u32_at(data, 0) != Some(IMG_SERVICE_MAGIC) || u32_at(data, 4) != Some(STATS_MAGIC) {
+        bail!("not a CRIU stats image (bad magic)");
+    }
+    let len = u32_at(data, 8).context("truncated")? as usize;
+    let body = data.get(12..12 + len).context("truncated")?;
+    let entry = Empty::parse_from_bytes(body)?;
+    for (num, v) in entry.special_fields.unknown_fields().iter() {
+        let UnknownValueRef::LengthDelimited(inner) = v else {
+            continue;
+        };
+        let f = fields(inner)?;
+        let g = |n: u32| f.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap_or(0);
+        match num {
+            1 => {
+                return Ok(CriuStats::Dump(DumpStats {
+                    freezing_time_us: g(1),
+                    frozen_time_us: g(2),
+                    memdump_time_us: g(3),
+                    memwrite_time_us: g(4),
+                    pages_scanned: g(5),
+                    pages_skipped_parent: g(6),
+                    pages_written: g(7),
+                    irmap_resolve_us: g(8),
+                    pages_lazy: g(9),
+                }))
+            }
+            2 => {
+                return Ok(CriuStats::Restore(RestoreStats {
+                    pages_compared: g(1),
+                    pages_skipped_cow: g(2),
+                    forking_time_us: g(3),
+                    restore_time_us: g(4),
+                    pages_restored: g(5),
+                }))
+            }
+            _ => {}
+        }
+    }
+    bail!("the stats image holds neither dump nor restore statistics")
+}
+
+/// The varint fields of a message, by number.
+fn fields(msg: &[u8]) -> Result<Vec<(u32, u64)>> {
+    let m = Empty::parse_from_bytes(msg)?;
+    Ok(m.special_fields
+        .unknown_fields()
+        .iter()
+        .filter_map(|(n, v)| match v {
+            UnknownValueRef::Varint(x) => Some((n, x)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Total size of the image files directly in `dir` (not CRIU's logs and
+/// stats, which share the directory when the work path is the image path).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    !n.ends_with(".log") && !n.starts_with("stats-")
+                })
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Report {
+    pub fn new(
+        operation: &'static str,
+        container_id: &str,
+        wall: Duration,
+        criu_request: Duration,
+        stats_file: PathBuf,
+        image_dir: Option<&Path>,
+    ) -> Result<Report> {
+        Ok(Report {
+            operation,
+            container_id: container_id.to_string(),
+            wall_time_ms: ms(wall),
+            criu_request_ms: ms(criu_request),
+            runtime_overhead_ms: ms(wall.saturating_sub(criu_request)),
+            criu: read(&stats_file)?,
+            image_bytes: image_dir.map(dir_bytes).unwrap_or(0),
+            stats_file,
+        })
+    }
+
+    /// `text`: one `name: value` line each, as a person reads them.
+    pub fn render(&self, format: StatsFormat) -> String {
+        match format {
+            StatsFormat::Json => serde_json::to_string(self).unwrap_or_default(),
+            StatsFormat::Text => {
+                let mut s = format!(
+                    "{} of {}\n  wall time:            {:.1} ms\n  CRIU request:         {:.1} ms\n  runtime overhead:     {:.1} ms\n",
+                    self.operation, self.container_id, self.wall_time_ms, self.criu_request_ms, self.runtime_overhead_ms
+                );
+                let us = |v: u64| format!("{:.1} ms", v as f64 / 1e3);
+                match &self.criu {
+                    CriuStats::Dump(d) => {
+                        s += &format!("  freezing time:        {}\n", us(d.freezing_time_us));
+                        s += &format!("  frozen time:          {}\n", us(d.frozen_time_us));
+                        s += &format!("  memory dump time:     {}\n", us(d.memdump_time_us));
+                        s += &format!("  memory write time:    {}\n", us(d.memwrite_time_us));
+                        s += &format!("  pages scanned:        {}\n", d.pages_scanned);
+                        s += &format!("  pages skipped parent: {}\n", d.pages_skipped_parent);
+                        s += &format!("  pages written:        {}\n", d.pages_written);
+                        s += &format!("  pages lazy:           {}\n", d.pages_lazy);
+                    }
+                    CriuStats::Restore(r) => {
+                        s += &format!("  forking time:         {}\n", us(r.forking_time_us));
+                        s += &format!("  restore time:         {}\n", us(r.restore_time_us));
+                        s += &format!("  pages restored:       {}\n", r.pages_restored);
+                        s += &format!("  pages compared:       {}\n", r.pages_compared);
+                        s += &format!("  pages skipped (COW):  {}\n", r.pages_skipped_cow);
+                    }
+                }
+                s += &format!("  image size:           {} bytes\n", self.image_bytes);
+                s += &format!("  CRIU stats file:      {}", self.stats_file.display());
+                s
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsFormat {
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stats-dump CRIU 4.2.1 wrote here for a busybox loop.
+    const DUMP: &[u8] = &[
+        0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x23, 0x00, 0x00, 0x00, 0x0a, 0x21, 0x08,
+        0x81, 0x04, 0x10, 0x8d, 0xc6, 0x04, 0x18, 0xed, 0x07, 0x20, 0xca, 0x01, 0x28, 0x30, 0x30,
+        0x00, 0x38, 0x22, 0x40, 0x00, 0x48, 0x00, 0x50, 0x08, 0x58, 0x08, 0x60, 0x00, 0x68, 0x00,
+        0x70, 0x00,
+    ];
+
+    #[test]
+    fn parses_criu_dump_stats_ok() {
+        let CriuStats::Dump(d) = parse(DUMP).unwrap() else {
+            panic!("not dump stats")
+        };
+        assert_eq!(d.freezing_time_us, 513);
+        assert_eq!(d.frozen_time_us, 74509);
+        assert_eq!(d.memdump_time_us, 1005);
+        assert_eq!(d.memwrite_time_us, 202);
+        assert_eq!(d.pages_scanned, 48);
+        assert_eq!(d.pages_written, 34);
+        assert_eq!(d.pages_skipped_parent, 0);
+    }
+
+    #[test]
+    fn bad_magic_and_truncation_err() {
+        assert!(parse(&DUMP[4..]).is_err());
+        assert!(parse(&DUMP[..20]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+}
