@@ -15,7 +15,7 @@ import time
 import pytest
 
 from faults import REAL_CRIU, criu_children_of, criu_procs, detach, kill_group, record, wait_gone, yard_mounts
-from helpers import make_bundle, read_count, wait_for
+from helpers import OURS, Runtime, make_bundle, read_count, wait_for
 
 
 def start_piped(rt, bundle, cid="c1"):
@@ -163,6 +163,73 @@ def test_restore_into_an_id_in_use(rt, tmp_path):
     p = rt.run("restore", "-d", "--image-path", tmp_path / "img", "--bundle", b2, "c1", check=False)
     assert p.returncode != 0
     assert rt.list_ids() == ["c1"] and rt.state("c1")["status"] == "running"
+
+
+def checkpointed(rt, tmp_path):
+    """A checkpoint of a counting container, and a copy of its bundle."""
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    img = tmp_path / "img"
+    rt.run("checkpoint", "--image-path", img, "c1")
+    return img, clone_bundle(b, tmp_path / "b2")
+
+
+def assert_refused(rt, p, b2, n, why):
+    assert p.returncode != 0, f"{rt.name} restored anyway"
+    assert rt.list_ids() == [], "registered after a refused restore"
+    time.sleep(0.3)
+    assert read_count(b2) == n, "something ran after a refused restore"
+    assert why in p.stderr, p.stderr
+
+
+def test_restore_refuses_bundle_with_other_namespaces(rt, tmp_path):
+    """The dump had its own network namespace; a bundle without one would
+    get CRIU's restored netns silently, or fail late. We refuse up front."""
+    img, b2 = checkpointed(rt, tmp_path)
+    cfg = json.loads((b2 / "config.json").read_text())
+    cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
+    (b2 / "config.json").write_text(json.dumps(cfg))
+    n = read_count(b2)
+    p = rt.run("restore", "-d", "--image-path", img, "--bundle", b2, "c2", check=False)
+    if rt.name != "cntrlive" and p.returncode == 0:
+        pytest.xfail("runc restored into a bundle without the dump's network namespace (docs/compatibility.md)")
+    assert_refused(rt, p, b2, n, "missing: [network]")
+
+
+def test_restore_refuses_symlink_out_of_image_dir(rt, tmp_path):
+    """An untarred checkpoint with a symlink (here restore.log -> a host
+    file) would make CRIU overwrite that file. Refused; the file untouched."""
+    img, b2 = checkpointed(rt, tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (img / "restore.log").unlink(missing_ok=True)
+    (img / "restore.log").symlink_to(victim)
+    n = read_count(b2)
+    p = rt.run("restore", "-d", "--image-path", img, "--bundle", b2, "c2", check=False)
+    if rt.name != "cntrlive" and p.returncode == 0:
+        clobbered = victim.read_text() != "precious\n"
+        pytest.xfail(f"runc follows the symlink (victim clobbered: {clobbered}; docs/compatibility.md)")
+    assert victim.read_text() == "precious\n", "the symlink's target was written"
+    assert_refused(rt, p, b2, n, "symlink")
+
+
+def test_restore_refuses_images_from_newer_criu(tmp_path):
+    """Our manifest records CRIU's version; images from a newer CRIU than
+    the host's are refused before anything is restored (ours only: runc
+    writes no manifest)."""
+    rt = Runtime(str(OURS), tmp_path / "state")
+    try:
+        img, b2 = checkpointed(rt, tmp_path)
+        m = json.loads((img / "cntrlive-manifest.json").read_text())
+        assert m["namespaces"] and m["descriptors"] and m["config_digest"].startswith("sha256:")
+        m["criu_version"] = "99.0.0"
+        (img / "cntrlive-manifest.json").write_text(json.dumps(m))
+        n = read_count(b2)
+        p = rt.run("restore", "-d", "--image-path", img, "--bundle", b2, "c2", check=False)
+        assert_refused(rt, p, b2, n, "install CRIU >= 99.0.0")
+        assert not list((rt.root / "c2").parent.glob("c2")), "state dir left behind"
+    finally:
+        rt.cleanup()
 
 
 # ---- faults during restore (ours asserted, runc recorded) -------------------

@@ -27,6 +27,143 @@ pub struct Manifest {
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<PathBuf>,
+    /// sha256 of the source bundle's config.json (informational: another
+    /// host's bundle legitimately differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// The source container's cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_path: Option<String>,
+    /// Namespace types the source container had (checked on restore: CRIU
+    /// restores the dumped namespaces, the bundle must ask for the same).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Whether the source container had a terminal (checked on restore).
+    #[serde(default)]
+    pub terminal: bool,
+    /// Where the source init's stdin/stdout/stderr pointed (descriptors.json).
+    #[serde(default)]
+    pub descriptors: Vec<String>,
+}
+
+/// Facts about a bundle's spec that a manifest records and restore checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecFacts {
+    pub namespaces: Vec<String>,
+    pub terminal: bool,
+}
+
+impl SpecFacts {
+    pub fn of(spec: &oci_spec::runtime::Spec) -> SpecFacts {
+        let mut namespaces: Vec<String> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| serde_json::to_value(n.typ()).ok()?.as_str().map(str::to_string))
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        SpecFacts {
+            namespaces,
+            terminal: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// sha256 of a file, as "sha256:<hex>".
+pub fn file_digest(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let data = std::fs::read(path).ok()?;
+    Some(format!("sha256:{:x}", Sha256::digest(&data)))
+}
+
+impl Manifest {
+    /// Refuse a bundle that cannot take these images, naming the difference.
+    pub fn check_bundle(&self, bundle: &SpecFacts) -> Result<()> {
+        if !self.namespaces.is_empty() && self.namespaces != bundle.namespaces {
+            let only = |a: &[String], b: &[String]| {
+                a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>().join(", ")
+            };
+            bail!(
+                "the checkpoint of \"{}\" was made with namespaces [{}] but this bundle's config.json asks for [{}] \
+                 (missing: [{}]; extra: [{}]): restore with a config.json that has the same linux.namespaces",
+                self.container_id,
+                self.namespaces.join(", "),
+                bundle.namespaces.join(", "),
+                only(&self.namespaces, &bundle.namespaces),
+                only(&bundle.namespaces, &self.namespaces),
+            );
+        }
+        if self.terminal != bundle.terminal {
+            bail!(
+                "the checkpoint of \"{}\" was made {} a terminal but this bundle's process.terminal is {}: \
+                 restore with process.terminal = {}",
+                self.container_id,
+                if self.terminal { "with" } else { "without" },
+                bundle.terminal,
+                self.terminal
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuse images written by a newer CRIU than the one restoring them.
+    pub fn check_criu(&self, host: &str) -> Result<()> {
+        fn parse(v: &str) -> Option<(u32, u32, u32)> {
+            let mut it = v.split(['.', '-', ' ']).map(|x| x.parse::<u32>().ok());
+            Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+        }
+        if let (Some(made), Some(here)) = (parse(&self.criu_version), parse(host)) {
+            if made > here {
+                bail!(
+                    "the checkpoint was written by CRIU {} but this host has CRIU {host}, which may not read its images: \
+                     install CRIU >= {} (or pass --criu PATH)",
+                    self.criu_version,
+                    self.criu_version
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuse symlinks in an image directory: CRIU reads images and writes its
+/// log and stats there, so a symlink from an untarred checkpoint could make
+/// it read or overwrite files anywhere. The one exception is `parent`,
+/// CRIU's link to the previous dump of a chain, which must stay beside the
+/// image directory.
+pub fn check_no_escaping_links(dir: &Path) -> Result<()> {
+    let base = std::fs::canonicalize(dir)?;
+    let siblings = base.parent().unwrap_or(&base).to_path_buf();
+    for e in std::fs::read_dir(&base)? {
+        let e = e?;
+        if !e.file_type()?.is_symlink() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        let resolved = std::fs::canonicalize(e.path()).ok();
+        let ok = name == "parent" && resolved.as_ref().is_some_and(|r| r.starts_with(&siblings));
+        if !ok {
+            bail!(
+                "{} is a symlink to {} in the image directory: refusing to restore ({})",
+                e.path().display(),
+                target.display(),
+                if name == "parent" {
+                    "a parent link must point to a dump beside this one"
+                } else {
+                    "image files must be regular files; copy the checkpoint with its files dereferenced"
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -84,7 +221,63 @@ mod tests {
             container_id: "c1".into(),
             created: "2026-01-01T00:00:00Z".into(),
             parent: None,
+            config_digest: None,
+            cgroup_path: None,
+            namespaces: vec!["mount".into(), "pid".into()],
+            terminal: false,
+            descriptors: vec![],
         }
+    }
+
+    #[test]
+    fn bundle_check_names_the_difference_ng() {
+        let m = manifest();
+        let same = SpecFacts {
+            namespaces: vec!["mount".into(), "pid".into()],
+            terminal: false,
+        };
+        m.check_bundle(&same).unwrap();
+        let e = m
+            .check_bundle(&SpecFacts {
+                namespaces: vec!["mount".into(), "network".into()],
+                terminal: false,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing: [pid]") && e.contains("extra: [network]"), "{e}");
+        let e = m
+            .check_bundle(&SpecFacts {
+                terminal: true,
+                ..same
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("process.terminal = false"), "{e}");
+    }
+
+    #[test]
+    fn newer_criu_ng() {
+        let mut m = manifest();
+        m.check_criu("4.2.1").unwrap();
+        m.check_criu("5.0.0").unwrap();
+        m.criu_version = "4.3.0".into();
+        assert!(m.check_criu("4.2.1").unwrap_err().to_string().contains(">= 4.3.0"));
+    }
+
+    #[test]
+    fn escaping_links_ng() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        std::fs::create_dir_all(d.path().join("pre1")).unwrap();
+        std::fs::create_dir(&img).unwrap();
+        std::os::unix::fs::symlink("../pre1", img.join("parent")).unwrap();
+        check_no_escaping_links(&img).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", img.join("restore.log")).unwrap();
+        assert!(check_no_escaping_links(&img).is_err());
+        std::fs::remove_file(img.join("restore.log")).unwrap();
+        std::fs::remove_file(img.join("parent")).unwrap();
+        std::os::unix::fs::symlink("/", img.join("parent")).unwrap();
+        assert!(check_no_escaping_links(&img).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use chrono::{SecondsFormat, Utc};
 use libcontainer::container::{Container, ContainerStatus};
 
 use super::Ctx;
-use crate::checkpoint::images::{self, Manifest, MANIFEST_FORMAT};
+use crate::checkpoint::images::{self, Manifest, SpecFacts, MANIFEST_FORMAT};
 use crate::checkpoint::options::CheckpointOptions;
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::CheckpointArgs;
@@ -43,7 +43,7 @@ pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
 }
 
 /// Facts about a running container that the CRIU request needs.
-pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts> {
+pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<(ContainerFacts, SpecFacts)> {
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
     let rootfs = if root.path().is_absolute() {
@@ -72,7 +72,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
         })
         .collect();
     let config_file = crate::checkpoint::spec::criu_config_file(&spec);
-    Ok(ContainerFacts {
+    Ok((ContainerFacts {
         init_pid: pid,
         rootfs,
         freeze_cgroup: janitor::freezer_of(pid)
@@ -81,7 +81,27 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<ContainerFacts>
         masked_files,
         config_file,
         cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
-    })
+    }, SpecFacts::of(&spec)))
+}
+
+/// The container's cgroup path (its freezer's on v1, its one cgroup on v2).
+fn cgroup_path_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let pick = |want: &dyn Fn(&str) -> bool| {
+        text.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+            want(ctrls).then(|| path.to_string())
+        })
+    };
+    pick(&|c| c.split(',').any(|x| x == "freezer")).or_else(|| pick(&|c| c.is_empty()))
+}
+
+fn read_descriptors(dir: &Path) -> Vec<String> {
+    std::fs::read(dir.join("descriptors.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default()
 }
 
 /// runc's descriptors.json: where the init's stdio pointed at dump time.
@@ -121,7 +141,8 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         _ => bail!("container \"{id}\" not running: nothing to checkpoint"),
     }
     let pid = c.pid().context("container has no init pid")?.as_raw();
-    let facts = container_facts(&c, pid)?;
+    let (facts, spec_facts) = container_facts(&c, pid)?;
+    let cgroup_path = cgroup_path_of(pid);
     let freezer = janitor::freezer_of(pid);
     // A container paused by the caller (containerd pauses before it
     // checkpoints) stays paused; otherwise it must never be left frozen.
@@ -191,6 +212,11 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 container_id: id.clone(),
                 created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                 parent: opts.parent_path.clone(),
+                config_digest: images::file_digest(&c.bundle().join("config.json")),
+                cgroup_path: cgroup_path.clone(),
+                namespaces: spec_facts.namespaces.clone(),
+                terminal: spec_facts.terminal,
+                descriptors: read_descriptors(&opts.image_path),
             }
             .write(&opts.image_path)?;
             janitor.disarm();

@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use super::checkpoint::{criu_timeout, make_dir};
 use super::{foreground, Ctx};
 use crate::bundle::Bundle;
-use crate::checkpoint::images::{Manifest, INVENTORY};
+use crate::checkpoint::images::{self, Manifest, SpecFacts, INVENTORY};
 use crate::checkpoint::options::RestoreOptions;
 use crate::checkpoint::request::{restore_request, RestoreFacts};
 use crate::cli::RestoreArgs;
@@ -150,6 +150,7 @@ fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
             o.image_path.display()
         );
     }
+    images::check_no_escaping_links(&o.image_path)?;
     let manifest = Manifest::load(&o.image_path)?;
     if let Some(m) = &manifest {
         if m.kind == "pre-dump" {
@@ -183,6 +184,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     ctx.store.ensure_free(&id)?;
     let bundle = Bundle::open(args.launch.bundle.as_deref())?;
     let manifest = check_images(&o)?;
+    if let Some(m) = &manifest {
+        m.check_bundle(&SpecFacts::of(&bundle.spec))
+            .with_context(|| format!("cannot restore from {}", o.image_path.display()))?;
+    }
     make_dir(&o.work_path, "work directory")?;
 
     let spec = &bundle.spec;
@@ -270,6 +275,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         janitor.arm(Action::Umount(criu_root.clone()));
         let (mut session, version) = super::criu_session(ctx, &o.work_path, true, &mut janitor)?;
+        if let Some(m) = &manifest {
+            m.check_criu(&gates::format_version(version))?;
+        }
         if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
             bail!(gates::lazy_pages_missing());
         }
