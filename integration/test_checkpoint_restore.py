@@ -371,3 +371,38 @@ def test_page_server_with_no_sender_times_out(tmp_path):
     assert "no complete dump arrived within 2s" in (tmp_path / "page-server.err").read_text()
     assert wait_gone(lambda: [ps_pid] if alive(ps_pid) else [], 2) == []
     assert wait_gone(lambda: [p for p in criu_procs(REAL_CRIU) if alive(p)], 2) == []
+
+
+# ---- interop: images made by one runtime, restored by the other -------------
+
+def interop_pairs():
+    from helpers import runtimes_under_test
+    rts = runtimes_under_test()
+    return [(a, b) for a in rts for b in rts if a != b]
+
+
+@pytest.mark.parametrize("dumper,restorer", interop_pairs(),
+                         ids=[f"{a[0]}-to-{b[0]}" for a, b in interop_pairs()])
+def test_images_restore_under_the_other_runtime(dumper, restorer, tmp_path):
+    """runc's images restore under cntrlive-runtime and ours under runc: the
+    counter continues and the restoring runtime manages the container."""
+    src = Runtime(dumper[1], tmp_path / "state-src")
+    dst = Runtime(restorer[1], tmp_path / "state-dst")
+    try:
+        b = make_bundle(tmp_path / "b")
+        src.run_piped("run", "-d", "--bundle", b, "c1")
+        wait_for(lambda: read_count(b) > 3, what="counter")
+        img = tmp_path / "img"
+        src.run("checkpoint", "--image-path", img, "c1")
+        at_dump = read_count(b)
+        b2 = clone_bundle(b, tmp_path / "b2")
+        dst.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
+        wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter")
+        assert int(dst.run("exec", "c2", "cat", "/tmp/count").stdout) > at_dump
+        dst.run("kill", "c2", "KILL")
+        wait_for(lambda: dst.state("c2")["status"] == "stopped", what="stopped")
+        dst.run("delete", "c2")
+        assert dst.list_ids() == []
+    finally:
+        src.cleanup()
+        dst.cleanup()
