@@ -44,6 +44,10 @@ pub struct Manifest {
     /// Where the source init's stdin/stdout/stderr pointed (descriptors.json).
     #[serde(default)]
     pub descriptors: Vec<String>,
+    /// The source had its own network namespace with only `lo`: restore
+    /// skips CRIU's network lock too.
+    #[serde(default)]
+    pub loopback_only: bool,
 }
 
 /// Facts about a bundle's spec that a manifest records and restore checks.
@@ -61,7 +65,12 @@ impl SpecFacts {
             .and_then(|l| l.namespaces().clone())
             .unwrap_or_default()
             .iter()
-            .filter_map(|n| serde_json::to_value(n.typ()).ok()?.as_str().map(str::to_string))
+            .filter_map(|n| {
+                serde_json::to_value(n.typ())
+                    .ok()?
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         namespaces.sort();
         namespaces.dedup();
@@ -88,7 +97,11 @@ impl Manifest {
     pub fn check_bundle(&self, bundle: &SpecFacts) -> Result<()> {
         if !self.namespaces.is_empty() && self.namespaces != bundle.namespaces {
             let only = |a: &[String], b: &[String]| {
-                a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>().join(", ")
+                a.iter()
+                    .filter(|x| !b.contains(x))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             bail!(
                 "the checkpoint of \"{}\" was made with namespaces [{}] but this bundle's config.json asks for [{}] \
@@ -226,6 +239,7 @@ mod tests {
             namespaces: vec!["mount".into(), "pid".into()],
             terminal: false,
             descriptors: vec![],
+            loopback_only: false,
         }
     }
 
@@ -244,7 +258,10 @@ mod tests {
             })
             .unwrap_err()
             .to_string();
-        assert!(e.contains("missing: [pid]") && e.contains("extra: [network]"), "{e}");
+        assert!(
+            e.contains("missing: [pid]") && e.contains("extra: [network]"),
+            "{e}"
+        );
         let e = m
             .check_bundle(&SpecFacts {
                 terminal: true,
@@ -261,7 +278,11 @@ mod tests {
         m.check_criu("4.2.1").unwrap();
         m.check_criu("5.0.0").unwrap();
         m.criu_version = "4.3.0".into();
-        assert!(m.check_criu("4.2.1").unwrap_err().to_string().contains(">= 4.3.0"));
+        assert!(m
+            .check_criu("4.2.1")
+            .unwrap_err()
+            .to_string()
+            .contains(">= 4.3.0"));
     }
 
     #[test]

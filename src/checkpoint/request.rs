@@ -8,8 +8,8 @@ use protobuf::{EnumOrUnknown, MessageField};
 
 use super::options::{CgMode, CheckpointOptions, CriuCommon, RestoreOptions};
 use crate::criu::rpc::{
-    Cgroup_root, Criu_cg_mode, Criu_opts, Criu_page_server_info, Criu_req, Criu_req_type,
-    Ext_mount_map, Inherit_fd,
+    Cgroup_root, Criu_cg_mode, Criu_network_lock_method, Criu_opts, Criu_page_server_info,
+    Criu_req, Criu_req_type, Ext_mount_map, Inherit_fd,
 };
 use crate::criu::session::request;
 
@@ -32,6 +32,8 @@ pub struct ContainerFacts {
     pub config_file: Option<PathBuf>,
     /// cgroup v1 controllers to dump (empty: all, right on pure v2).
     pub cgroup_controllers: Vec<String>,
+    /// The container has its own network namespace with nothing but `lo`.
+    pub loopback_only: bool,
 }
 
 pub fn log_name(o: &CheckpointOptions) -> &'static str {
@@ -56,6 +58,15 @@ fn ext_mount(key: &str, val: &str) -> Ext_mount_map {
     m.key = Some(key.to_string());
     m.val = Some(val.to_string());
     m
+}
+
+/// CRIU locks the container's network (iptables rules in its netns, two
+/// iptables-restore runs on each side, ~60 ms here) so no packet from
+/// outside reaches a socket that is being dumped or not yet restored. A
+/// network namespace with nothing but loopback receives nothing from
+/// outside: every peer is inside the frozen tree, so the lock is skipped.
+fn skip_network_lock(opts: &mut Criu_opts) {
+    opts.network_lock = Some(EnumOrUnknown::new(Criu_network_lock_method::SKIP));
 }
 
 /// What every DUMP/PRE_DUMP/RESTORE request carries: the directories, the
@@ -118,6 +129,9 @@ pub fn dump_request(
         opts.track_mem = Some(true);
     }
     opts.cgroup_dump_controller = f.cgroup_controllers.clone();
+    if f.loopback_only {
+        skip_network_lock(&mut opts);
+    }
     for dest in &f.external_mounts {
         opts.ext_mnt.push(ext_mount(dest, dest));
     }
@@ -152,6 +166,8 @@ pub struct RestoreFacts {
     /// (descriptor from descriptors.json, our fd that replaces it).
     pub inherit_fds: Vec<(String, i32)>,
     pub config_file: Option<PathBuf>,
+    /// The dump's network namespace had nothing but `lo` (our manifest).
+    pub loopback_only: bool,
 }
 
 /// RESTORE, as runc's `Restore` (libcontainer/criu_linux.go) builds it.
@@ -166,6 +182,9 @@ pub fn restore_request(
     // The restored init becomes our child (then the shim's, as subreaper).
     opts.rst_sibling = Some(true);
     opts.evasive_devices = Some(true);
+    if f.loopback_only {
+        skip_network_lock(&mut opts);
+    }
     if let Some(p) = &o.lsm_profile {
         opts.lsm_profile = Some(p.clone());
     }
@@ -241,6 +260,7 @@ mod tests {
             masked_files: vec!["/proc/kcore".into()],
             config_file: None,
             cgroup_controllers: vec!["freezer".into()],
+            loopback_only: true,
         };
         let r = dump_request(&opts(false), &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::DUMP);
@@ -253,6 +273,20 @@ mod tests {
         assert_eq!(o.ext_mnt[1].val(), "/dev/null");
         assert_eq!(o.log_file(), "dump.log");
         assert_eq!(o.cgroup_dump_controller, ["freezer"]);
+        assert_eq!(o.network_lock(), Criu_network_lock_method::SKIP);
+        let r = dump_request(
+            &opts(false),
+            &ContainerFacts {
+                loopback_only: false,
+                ..f
+            },
+            5,
+            6,
+        );
+        assert!(
+            r.opts.as_ref().unwrap().network_lock.is_none(),
+            "CRIU's default lock"
+        );
     }
 
     #[test]
@@ -275,6 +309,7 @@ mod tests {
             inherit_fds: vec![("pipe:[123]".into(), 1)],
             config_file: None,
             cgroup_controllers: vec!["memory".into(), "name=systemd".into()],
+            loopback_only: false,
         };
         let r = restore_request(&o, &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::RESTORE);

@@ -100,7 +100,10 @@ pub fn cgroup_restore_mounts(spec: &Spec, cgroup_path: &str) -> Vec<(String, Str
     let own = own_cgroups();
     let mut out = Vec::new();
     for (mount_point, ctrls) in host_cgroup_mounts() {
-        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/").map(str::to_string) else {
+        let Some(name) = mount_point
+            .strip_prefix("/sys/fs/cgroup/")
+            .map(str::to_string)
+        else {
             if mount_point == "/sys/fs/cgroup" && ctrls.is_none() {
                 // Unified host: one cgroup2 mount.
                 for d in &dests {

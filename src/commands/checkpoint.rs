@@ -72,16 +72,37 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<(ContainerFacts
         })
         .collect();
     let config_file = crate::checkpoint::spec::criu_config_file(&spec);
-    Ok((ContainerFacts {
-        init_pid: pid,
-        rootfs,
-        freeze_cgroup: janitor::freezer_of(pid)
-            .and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
-        external_mounts,
-        masked_files,
-        config_file,
-        cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
-    }, SpecFacts::of(&spec)))
+    Ok((
+        ContainerFacts {
+            init_pid: pid,
+            rootfs,
+            freeze_cgroup: janitor::freezer_of(pid)
+                .and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
+            external_mounts,
+            masked_files,
+            config_file,
+            cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
+            loopback_only: loopback_only(pid),
+        },
+        SpecFacts::of(&spec),
+    ))
+}
+
+/// Whether `pid` has a network namespace of its own with no interface but
+/// loopback (/proc/PID/net/dev lists the interfaces of its namespace).
+fn loopback_only(pid: i32) -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let theirs = ns(&format!("/proc/{pid}/ns/net"));
+    if theirs.is_none() || theirs == ns("/proc/self/ns/net") {
+        return false;
+    }
+    let Ok(dev) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else {
+        return false;
+    };
+    dev.lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .all(|name| name.trim() == "lo")
 }
 
 /// The container's cgroup path (its freezer's on v1, its one cgroup on v2).
@@ -142,6 +163,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     }
     let pid = c.pid().context("container has no init pid")?.as_raw();
     let (facts, spec_facts) = container_facts(&c, pid)?;
+    tracing::debug!(phase = "facts gathered", "checkpoint");
     let cgroup_path = cgroup_path_of(pid);
     let freezer = janitor::freezer_of(pid);
     // A container paused by the caller (containerd pauses before it
@@ -174,6 +196,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
 
     cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    tracing::debug!(phase = "janitor started", "checkpoint");
     for m in images::completion_markers(&opts.image_path) {
         janitor.arm(Action::Remove(m));
     }
@@ -184,6 +207,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let result = (|| -> Result<(u32, Duration)> {
         let (mut session, version) =
             super::criu_session(ctx, &opts.work_path, false, &mut janitor)?;
+        tracing::debug!(phase = "CRIU started, version checked", "checkpoint");
         if opts.pre_dump || opts.common.lazy_pages {
             let f = gates::features(&mut session)?;
             if opts.pre_dump && !f.mem_track {
@@ -195,9 +219,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         }
         use std::os::fd::AsRawFd;
         let req = dump_request(&opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
+        if let Some((f, _)) = &thaw {
+            // Frozen by us (thawed again below and by the janitor).
+            janitor::freeze(f, Instant::now() + criu_timeout(ctx)?)
+                .with_context(|| format!("failed to freeze the container ({})", f.display()))?;
+        }
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
         let criu_time = sent.elapsed();
+        tracing::debug!(phase = "CRIU dump done", "checkpoint");
         session.close();
         Ok((version, criu_time))
     })();
@@ -217,8 +247,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 namespaces: spec_facts.namespaces.clone(),
                 terminal: spec_facts.terminal,
                 descriptors: read_descriptors(&opts.image_path),
+                loopback_only: facts.loopback_only,
             }
             .write(&opts.image_path)?;
+            // We froze it; CRIU left it as it found it.
+            if let Some((f, v)) = &thaw {
+                std::fs::write(f, v).with_context(|| {
+                    format!("checkpoint done, but failed to thaw {}", f.display())
+                })?;
+            }
             janitor.disarm();
             if !opts.leave_running {
                 // As runc: CRIU killed the container; remove it.
@@ -229,7 +266,11 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             if let Some(format) = args.criu.stats {
                 let diskless = opts.page_server.is_some();
                 let report = stats::Report::new(
-                    if opts.pre_dump { "pre-dump" } else { "checkpoint" },
+                    if opts.pre_dump {
+                        "pre-dump"
+                    } else {
+                        "checkpoint"
+                    },
                     &id,
                     started.elapsed(),
                     criu_time,

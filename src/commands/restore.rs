@@ -270,11 +270,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             container_name: id.clone(),
         })
         .context("failed to set up the container's cgroup")?;
+        tracing::debug!(phase = "cgroup manager created", "restore");
 
         cancel::install().context("failed to install signal handlers")?;
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         janitor.arm(Action::Umount(criu_root.clone()));
         let (mut session, version) = super::criu_session(ctx, &o.work_path, true, &mut janitor)?;
+        tracing::debug!(phase = "CRIU started, version checked", "restore");
         if let Some(m) = &manifest {
             m.check_criu(&gates::format_version(version))?;
         }
@@ -321,6 +323,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             inherit_fds: inherit_fds(&o.image_path),
             config_file,
+            loopback_only: manifest.as_ref().is_some_and(|m| m.loopback_only),
         };
         let images = File::open(&o.image_path)?;
         let work = File::open(&o.work_path)?;
@@ -332,6 +335,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         };
         let sent = std::time::Instant::now();
         let resp = session.request(&req, &mut notify);
+        tracing::debug!(phase = "CRIU restore done", "restore");
         criu_time = sent.elapsed();
         let notified = notify.pid;
         undo.pid = notified;
@@ -364,6 +368,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             .save(&container_dir)
             .context("failed to save the container's config")?;
         c.save().context("failed to save the container's state")?;
+        tracing::debug!(phase = "registered", "restore");
         if let Some(pid_file) = &args.launch.pid_file {
             std::fs::write(pid_file, pid.to_string())
                 .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;

@@ -90,7 +90,12 @@ pub fn parse(data: &[u8]) -> Result<CriuStats> {
             continue;
         };
         let f = fields(inner)?;
-        let g = |n: u32| f.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap_or(0);
+        let g = |n: u32| {
+            f.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| *v)
+                .unwrap_or(0)
+        };
         match num {
             1 => {
                 return Ok(CriuStats::Dump(DumpStats {
