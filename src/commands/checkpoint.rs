@@ -162,9 +162,6 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         _ => bail!("container \"{id}\" not running: nothing to checkpoint"),
     }
     let pid = c.pid().context("container has no init pid")?.as_raw();
-    let (facts, spec_facts) = container_facts(&c, pid)?;
-    tracing::debug!(phase = "facts gathered", "checkpoint");
-    let cgroup_path = cgroup_path_of(pid);
     let freezer = janitor::freezer_of(pid);
     // A container paused by the caller (containerd pauses before it
     // checkpoints) stays paused; otherwise it must never be left frozen.
@@ -174,6 +171,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
 
     make_dir(&opts.image_path, "image directory")?;
     make_dir(&opts.work_path, "work directory")?;
+    // CRIU starts first and initialises while the facts are gathered (it is
+    // asked nothing until the version gate); dropping the session on an
+    // early error kills it.
+    cancel::install().context("failed to install signal handlers")?;
+    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    let mut session = super::start_criu_session(ctx, &opts.work_path, false, &mut janitor)?;
+    let (facts, spec_facts) = container_facts(&c, pid)?;
+    tracing::debug!(phase = "facts gathered", "checkpoint");
+    let cgroup_path = cgroup_path_of(pid);
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
         if !p.is_dir() {
@@ -194,9 +200,6 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let work_dir = File::open(&opts.work_path)
         .with_context(|| format!("failed to open {}", opts.work_path.display()))?;
 
-    cancel::install().context("failed to install signal handlers")?;
-    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
-    tracing::debug!(phase = "janitor started", "checkpoint");
     for m in images::completion_markers(&opts.image_path) {
         janitor.arm(Action::Remove(m));
     }
@@ -205,8 +208,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     }
 
     let result = (|| -> Result<(u32, Duration)> {
-        let (mut session, version) =
-            super::criu_session(ctx, &opts.work_path, false, &mut janitor)?;
+        let version = super::criu_version_gate(ctx, &mut session)?;
         tracing::debug!(phase = "CRIU started, version checked", "checkpoint");
         if opts.pre_dump || opts.common.lazy_pages {
             let f = gates::features(&mut session)?;

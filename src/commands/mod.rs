@@ -56,15 +56,15 @@ impl Ctx {
     }
 }
 
-/// Start a supervised CRIU session for an operation: CRIU's group armed in
-/// the janitor, the version gate checked. `inherit_stdio` for restore.
-pub fn criu_session(
+/// Start a supervised CRIU session (CRIU's group armed in the janitor)
+/// without waiting for it: CRIU initialises while the caller prepares the
+/// request; [`criu_version_gate`] then waits for its first answer.
+pub fn start_criu_session(
     ctx: &Ctx,
     work_dir: &std::path::Path,
     inherit_stdio: bool,
     janitor: &mut crate::criu::janitor::Janitor,
-) -> Result<(crate::criu::session::Session, u32)> {
-    use crate::criu::gates::{self, format_version, MIN_VERSION};
+) -> Result<crate::criu::session::Session> {
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu.clone(),
         timeout: checkpoint::criu_timeout(ctx)?,
@@ -72,12 +72,18 @@ pub fn criu_session(
         inherit_stdio,
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
-    let mut session = crate::criu::session::Session::start(cfg, Some(cancel))?;
+    let session = crate::criu::session::Session::start(cfg, Some(cancel))?;
     janitor.arm(crate::criu::janitor::Action::KillGroup(session.pgid()));
     janitor.arm(crate::criu::janitor::Action::UmountYards(
         work_dir.to_path_buf(),
     ));
-    let version = gates::version(&mut session)?;
+    Ok(session)
+}
+
+/// VERSION, refused below [`MIN_VERSION`](crate::criu::gates::MIN_VERSION).
+pub fn criu_version_gate(ctx: &Ctx, session: &mut crate::criu::session::Session) -> Result<u32> {
+    use crate::criu::gates::{self, format_version, MIN_VERSION};
+    let version = gates::version(session)?;
     if version < MIN_VERSION {
         anyhow::bail!(
             "CRIU {} at {} is too old: cntrlive-runtime needs CRIU >= {}",
@@ -86,6 +92,18 @@ pub fn criu_session(
             format_version(MIN_VERSION)
         );
     }
+    Ok(version)
+}
+
+/// Both of the above in a row.
+pub fn criu_session(
+    ctx: &Ctx,
+    work_dir: &std::path::Path,
+    inherit_stdio: bool,
+    janitor: &mut crate::criu::janitor::Janitor,
+) -> Result<(crate::criu::session::Session, u32)> {
+    let mut session = start_criu_session(ctx, work_dir, inherit_stdio, janitor)?;
+    let version = criu_version_gate(ctx, &mut session)?;
     Ok((session, version))
 }
 

@@ -241,6 +241,11 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     };
     let mut criu_time = std::time::Duration::ZERO;
     let result = (|| -> Result<(i32, u32)> {
+        // CRIU starts first and initialises while the rootfs and cgroup
+        // are prepared (it is asked nothing until the version gate).
+        cancel::install().context("failed to install signal handlers")?;
+        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        let mut session = super::start_criu_session(ctx, &o.work_path, true, &mut janitor)?;
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
         undo.container_dir = Some(container_dir.clone());
@@ -272,10 +277,8 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         .context("failed to set up the container's cgroup")?;
         tracing::debug!(phase = "cgroup manager created", "restore");
 
-        cancel::install().context("failed to install signal handlers")?;
-        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         janitor.arm(Action::Umount(criu_root.clone()));
-        let (mut session, version) = super::criu_session(ctx, &o.work_path, true, &mut janitor)?;
+        let version = super::criu_version_gate(ctx, &mut session)?;
         tracing::debug!(phase = "CRIU started, version checked", "restore");
         if let Some(m) = &manifest {
             m.check_criu(&gates::format_version(version))?;
