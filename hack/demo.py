@@ -183,11 +183,7 @@ def migrate_docker(work):
         t = time.perf_counter()
         b.docker("create", "--name", "web", "--runtime", "cntrlive", "--network", "none", "busybox:local",
                  "sh", "-c", loop)
-        root = b.docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
-        bid = b.docker("inspect", "-f", "{{.Id}}", "web").stdout.strip()
-        store = pathlib.Path(root) / "containers" / bid / "checkpoints"
-        store.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(work / "cps" / "mig", store / "mig")
+        b.adopt_checkpoint("web", work / "cps" / "mig", "mig")
         b.docker("start", "--checkpoint", "mig", "web")
         show("host b: docker create web; images into its store; docker start --checkpoint", t)
         time.sleep(1)

@@ -178,6 +178,17 @@ class Stack:
             raise AssertionError(f"docker {' '.join(map(str, args))} exited {p.returncode}: {p.stderr}")
         return p
 
+    def adopt_checkpoint(self, name, images, cp_name):
+        """Put a checkpoint made elsewhere (`images`, a directory) into
+        container `name`'s own checkpoint store, as `cp_name`: dockerd
+        refuses `start --checkpoint-dir`, so this is how a checkpoint from
+        another container or host is restored."""
+        root = self.docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
+        cid = self.docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
+        store = pathlib.Path(root) / "containers" / cid / "checkpoints"
+        store.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(images, store / cp_name, symlinks=True)
+
     # -- teardown -----------------------------------------------------------
     def stop(self):
         if self.dockerd:

@@ -1,7 +1,5 @@
 """dockerd with the binary under test added as a runtime
 (`dockerd --add-runtime test-NAME=PATH`, `docker run --runtime test-NAME`)."""
-import pathlib
-import shutil
 import time
 
 import pytest
@@ -90,12 +88,6 @@ def status(stack, name):
     return stack.docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip()
 
 
-def checkpoint_store(stack, name):
-    root = stack.docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
-    cid = stack.docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
-    return pathlib.Path(root) / "containers" / cid / "checkpoints"
-
-
 def start_from_checkpoint(stack, name, cp):
     """`docker start --checkpoint`, retried once on dockerd's occasional
     "content ... already exists" upload error (moby/moby#42900: a dockerd
@@ -152,9 +144,7 @@ def test_docker_checkpoint_into_another_container(dk, tmp_path):
         at_dump = int(stack.docker("logs", a).stdout.split()[-1])
         stack.docker("create", "--name", b, "--runtime", runtime, "--network", "none",
                      "busybox:local", "sh", "-c", COUNTER_SH)
-        store = checkpoint_store(stack, b)
-        store.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp_path / "cps" / "mig", store / "mig", symlinks=True)
+        stack.adopt_checkpoint(b, tmp_path / "cps" / "mig", "mig")
         start_from_checkpoint(stack, b, "mig")
         assert_continues(stack, b, at_dump)
         assert docker_count(stack, b) > at_dump
@@ -173,9 +163,7 @@ def test_docker_migrate_between_two_daemons(dk, docker_stack_b, tmp_path):
         at_dump = int(src.docker("logs", cname).stdout.split()[-1])
         dst.docker("create", "--name", cname, "--runtime", runtime, "--network", "none",
                    "busybox:local", "sh", "-c", COUNTER_SH)
-        store = checkpoint_store(dst, cname)
-        store.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp_path / "cps" / "mig", store / "mig", symlinks=True)
+        dst.adopt_checkpoint(cname, tmp_path / "cps" / "mig", "mig")
         start_from_checkpoint(dst, cname, "mig")
         assert_continues(dst, cname, at_dump)
         # Fully managed by the second daemon: logs, exec, checkpoint again, stop, rm.

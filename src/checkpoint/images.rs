@@ -127,20 +127,16 @@ impl Manifest {
     }
 
     /// Refuse images written by a newer CRIU than the one restoring them.
-    pub fn check_criu(&self, host: &str) -> Result<()> {
-        fn parse(v: &str) -> Option<(u32, u32, u32)> {
-            let mut it = v.split(['.', '-', ' ']).map(|x| x.parse::<u32>().ok());
-            Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
-        }
-        if let (Some(made), Some(here)) = (parse(&self.criu_version), parse(host)) {
-            if made > here {
-                bail!(
-                    "the checkpoint was written by CRIU {} but this host has CRIU {host}, which may not read its images: \
-                     install CRIU >= {} (or pass --criu PATH)",
-                    self.criu_version,
-                    self.criu_version
-                );
-            }
+    pub fn check_criu(&self, host: crate::criu::gates::CriuVersion) -> Result<()> {
+        use crate::criu::gates::{format_version, parse_version};
+        if parse_version(&self.criu_version).is_some_and(|made| made > host) {
+            bail!(
+                "the checkpoint was written by CRIU {} but this host has CRIU {}, which may not read its images: \
+                 install CRIU >= {} (or pass --criu PATH)",
+                self.criu_version,
+                format_version(host),
+                self.criu_version
+            );
         }
         Ok(())
     }
@@ -275,11 +271,11 @@ mod tests {
     #[test]
     fn newer_criu_ng() {
         let mut m = manifest();
-        m.check_criu("4.2.1").unwrap();
-        m.check_criu("5.0.0").unwrap();
+        m.check_criu(4_02_01).unwrap();
+        m.check_criu(5_00_00).unwrap();
         m.criu_version = "4.3.0".into();
         assert!(m
-            .check_criu("4.2.1")
+            .check_criu(4_02_01)
             .unwrap_err()
             .to_string()
             .contains(">= 4.3.0"));

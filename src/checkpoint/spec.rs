@@ -37,18 +37,32 @@ pub fn criu_config_file(spec: &Spec) -> Option<PathBuf> {
 /// libcontainer never places a container in them, so the container sits at
 /// their root too and dumping them nests the whole tree again.
 pub fn v1_controllers() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (id, ctrls) = (parts.next()?, parts.next()?);
-            (id != "0" && !ctrls.is_empty())
-                .then(|| ctrls.split(',').map(str::to_string).collect::<Vec<_>>())
-        })
-        .flatten()
+    cgroups_of(None)
+        .into_iter()
+        .filter(|c| c.hierarchy != 0)
+        .flat_map(|c| c.controllers)
         .filter(|c| !c.starts_with("name="))
         .collect()
+}
+
+/// A process's cgroups (`/proc/PID/cgroup`; `None`: this process).
+pub fn cgroups_of(pid: Option<i32>) -> Vec<procfs::ProcessCGroup> {
+    let p = match pid {
+        Some(pid) => procfs::process::Process::new(pid),
+        None => procfs::process::Process::myself(),
+    };
+    p.and_then(|p| p.cgroups()).map(|c| c.0).unwrap_or_default()
+}
+
+/// A process's mounts (`/proc/PID/mountinfo`; `None`: this process).
+fn mounts_of(pid: Option<i32>) -> Vec<procfs::process::MountInfo> {
+    let p = match pid {
+        Some(pid) => procfs::process::Process::new(pid),
+        None => procfs::process::Process::myself(),
+    };
+    p.and_then(|p| p.mountinfo())
+        .map(|m| m.0)
+        .unwrap_or_default()
 }
 
 /// cgroup filesystems mounted inside a running container (mount points as
@@ -57,24 +71,11 @@ pub fn v1_controllers() -> Vec<String> {
 /// mount") — so a dump names each as an external mount, as runc does for
 /// its cgroup binds (`addCriuDumpMount` in libcontainer/criu_linux.go).
 pub fn cgroup_mounts_of(pid: i32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let mount_point = pre.split(' ').nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| unescape(mount_point))
-        })
+    mounts_of(Some(pid))
+        .into_iter()
+        .filter(|m| matches!(m.fs_type.as_str(), "cgroup" | "cgroup2"))
+        .map(|m| m.mount_point.display().to_string())
         .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Where the restored container's cgroup mounts come from on this host:
@@ -97,84 +98,44 @@ pub fn cgroup_restore_mounts(spec: &Spec, cgroup_path: &str) -> Vec<(String, Str
         return Vec::new();
     }
     let rel = cgroup_path.trim_start_matches('/');
-    let own = own_cgroups();
+    let own = cgroups_of(None);
     let mut out = Vec::new();
-    for (mount_point, ctrls) in host_cgroup_mounts() {
-        let Some(name) = mount_point
-            .strip_prefix("/sys/fs/cgroup/")
-            .map(str::to_string)
-        else {
-            if mount_point == "/sys/fs/cgroup" && ctrls.is_none() {
-                // Unified host: one cgroup2 mount.
-                for d in &dests {
-                    out.push((d.clone(), format!("/sys/fs/cgroup/{rel}")));
-                }
+    for m in mounts_of(None) {
+        let mount_point = m.mount_point.display().to_string();
+        if m.fs_type == "cgroup2" && mount_point == "/sys/fs/cgroup" {
+            // Unified host: one cgroup2 mount.
+            for d in &dests {
+                out.push((d.clone(), format!("/sys/fs/cgroup/{rel}")));
             }
             continue;
+        }
+        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
         };
-        let Some(ctrls) = ctrls else { continue }; // the hybrid host's unified tree
-        let managed = !ctrls.iter().any(|c| c.starts_with("name="));
-        let sub = if managed {
-            rel.to_string()
+        if m.fs_type != "cgroup" {
+            continue; // the hybrid host's unified tree
+        }
+        // A named hierarchy carries "name=…" among its super options.
+        let sub = match m.super_options.get("name").cloned().flatten() {
+            None => rel.to_string(),
+            Some(named) => {
+                let key = format!("name={named}");
+                own.iter()
+                    .find(|c| c.controllers.contains(&key))
+                    .map(|c| c.pathname.trim_start_matches('/').to_string())
+                    .unwrap_or_default()
+            }
+        };
+        let host = if sub.is_empty() {
+            mount_point.clone()
         } else {
-            let key = ctrls.join(",");
-            own.iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, p)| p.trim_start_matches('/').to_string())
-                .unwrap_or_default()
+            format!("{mount_point}/{sub}")
         };
         for d in &dests {
-            let host = if sub.is_empty() {
-                mount_point.clone()
-            } else {
-                format!("{mount_point}/{sub}")
-            };
-            out.push((format!("{}/{name}", d.trim_end_matches('/')), host));
+            out.push((format!("{}/{name}", d.trim_end_matches('/')), host.clone()));
         }
     }
     out
-}
-
-/// This host's cgroup mounts: (mount point, v1 controllers or None for
-/// cgroup2).
-fn host_cgroup_mounts() -> Vec<(String, Option<Vec<String>>)> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut f = post.split(' ');
-            let fstype = f.next()?;
-            let super_opts = f.nth(1)?;
-            let mount_point = unescape(pre.split(' ').nth(4)?);
-            match fstype {
-                "cgroup2" => Some((mount_point, None)),
-                "cgroup" => {
-                    let known = ["rw", "ro", "clone_children", "noprefix", "xattr"];
-                    let ctrls = super_opts
-                        .split(',')
-                        .filter(|o| !known.contains(o) && !o.starts_with("release_agent="))
-                        .map(str::to_string)
-                        .collect();
-                    Some((mount_point, Some(ctrls)))
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// This process's v1 cgroups: (controllers as in /proc/self/cgroup, path).
-fn own_cgroups() -> Vec<(String, String)> {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((ctrls.to_string(), path.to_string()))
-        })
-        .collect()
 }
 
 /// A bind mount: CRIU treats it as an external mount on both sides.

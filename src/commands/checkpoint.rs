@@ -43,7 +43,11 @@ pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
 }
 
 /// Facts about a running container that the CRIU request needs.
-pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<(ContainerFacts, SpecFacts)> {
+pub(crate) fn container_facts(
+    c: &Container,
+    pid: i32,
+    freezer: Option<&janitor::Freezer>,
+) -> Result<(ContainerFacts, SpecFacts)> {
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
     let rootfs = if root.path().is_absolute() {
@@ -76,8 +80,7 @@ pub(crate) fn container_facts(c: &Container, pid: i32) -> Result<(ContainerFacts
         ContainerFacts {
             init_pid: pid,
             rootfs,
-            freeze_cgroup: janitor::freezer_of(pid)
-                .and_then(|(f, _)| f.parent().map(Path::to_path_buf)),
+            freeze_cgroup: freezer.map(janitor::Freezer::dir),
             external_mounts,
             masked_files,
             config_file,
@@ -96,26 +99,9 @@ fn loopback_only(pid: i32) -> bool {
     if theirs.is_none() || theirs == ns("/proc/self/ns/net") {
         return false;
     }
-    let Ok(dev) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else {
-        return false;
-    };
-    dev.lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .all(|name| name.trim() == "lo")
-}
-
-/// The container's cgroup path (its freezer's on v1, its one cgroup on v2).
-fn cgroup_path_of(pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let pick = |want: &dyn Fn(&str) -> bool| {
-        text.lines().find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
-            want(ctrls).then(|| path.to_string())
-        })
-    };
-    pick(&|c| c.split(',').any(|x| x == "freezer")).or_else(|| pick(&|c| c.is_empty()))
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.dev_status())
+        .is_ok_and(|devs| devs.keys().all(|name| name == "lo"))
 }
 
 fn read_descriptors(dir: &Path) -> Vec<String> {
@@ -167,7 +153,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     // checkpoints) stays paused; otherwise it must never be left frozen.
     let thaw = freezer
         .clone()
-        .filter(|(f, _)| c.status() != ContainerStatus::Paused && !janitor::is_frozen(f));
+        .filter(|f| c.status() != ContainerStatus::Paused && !f.is_frozen());
 
     make_dir(&opts.image_path, "image directory")?;
     make_dir(&opts.work_path, "work directory")?;
@@ -177,9 +163,8 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
     let mut session = super::start_criu_session(ctx, &opts.work_path, false, &mut janitor)?;
-    let (facts, spec_facts) = container_facts(&c, pid)?;
+    let (facts, spec_facts) = container_facts(&c, pid, freezer.as_ref())?;
     tracing::debug!(phase = "facts gathered", "checkpoint");
-    let cgroup_path = cgroup_path_of(pid);
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
         if !p.is_dir() {
@@ -203,8 +188,8 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     for m in images::completion_markers(&opts.image_path) {
         janitor.arm(Action::Remove(m));
     }
-    if let Some((f, v)) = &thaw {
-        janitor.arm(Action::Thaw(f.clone(), v.clone()));
+    if let Some(f) = &thaw {
+        janitor.arm(f.thaw_action());
     }
 
     let result = (|| -> Result<(u32, Duration)> {
@@ -221,10 +206,12 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         }
         use std::os::fd::AsRawFd;
         let req = dump_request(&opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
-        if let Some((f, _)) = &thaw {
+        if let Some(f) = &thaw {
             // Frozen by us (thawed again below and by the janitor).
-            janitor::freeze(f, Instant::now() + criu_timeout(ctx)?)
-                .with_context(|| format!("failed to freeze the container ({})", f.display()))?;
+            f.freeze(Instant::now() + criu_timeout(ctx)?)
+                .with_context(|| {
+                    format!("failed to freeze the container ({})", f.file.display())
+                })?;
         }
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
@@ -245,7 +232,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
                 parent: opts.parent_path.clone(),
                 config_digest: images::file_digest(&c.bundle().join("config.json")),
-                cgroup_path: cgroup_path.clone(),
+                cgroup_path: freezer.as_ref().map(|f| f.cgroup_path.clone()),
                 namespaces: spec_facts.namespaces.clone(),
                 terminal: spec_facts.terminal,
                 descriptors: read_descriptors(&opts.image_path),
@@ -253,9 +240,9 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             }
             .write(&opts.image_path)?;
             // We froze it; CRIU left it as it found it.
-            if let Some((f, v)) = &thaw {
-                std::fs::write(f, v).with_context(|| {
-                    format!("checkpoint done, but failed to thaw {}", f.display())
+            if let Some(f) = &thaw {
+                f.thaw().with_context(|| {
+                    format!("checkpoint done, but failed to thaw {}", f.file.display())
                 })?;
             }
             janitor.disarm();
@@ -286,10 +273,8 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         Err(err) => {
             // The session is gone (CRIU killed and reaped). Undo now rather
             // than leave it to the janitor, then disarm it.
-            if let Some((f, v)) = &thaw {
-                if janitor::is_frozen(f) {
-                    let _ = std::fs::write(f, v);
-                }
+            if let Some(f) = thaw.as_ref().filter(|f| f.is_frozen()) {
+                let _ = f.thaw();
             }
             images::invalidate(&opts.image_path);
             janitor.disarm();

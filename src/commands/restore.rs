@@ -281,7 +281,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let version = super::criu_version_gate(ctx, &mut session)?;
         tracing::debug!(phase = "CRIU started, version checked", "restore");
         if let Some(m) = &manifest {
-            m.check_criu(&gates::format_version(version))?;
+            m.check_criu(version)?;
         }
         if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
             bail!(gates::lazy_pages_missing());

@@ -21,6 +21,13 @@ pub fn format_version(v: CriuVersion) -> String {
     format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
 }
 
+/// The inverse of [`format_version`] ("4.2.1" → 4_02_01).
+pub fn parse_version(v: &str) -> Option<CriuVersion> {
+    let mut it = v.split('.').map(|x| x.trim().parse::<u32>().ok());
+    let (major, minor) = (it.next()??, it.next()??);
+    Some(major * 10000 + minor * 100 + it.next().flatten().unwrap_or(0))
+}
+
 /// VERSION request; the session stays open.
 pub fn version(s: &mut Session) -> Result<CriuVersion, CriuError> {
     let mut req = request(Criu_req_type::VERSION);

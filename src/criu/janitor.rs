@@ -250,83 +250,116 @@ pub fn umount_cgroup_yards(work_dir: &Path) -> usize {
     n
 }
 
-/// The freezer control file of the cgroup `pid` is in, and the value that
-/// thaws it: v1 `freezer.state` ← `THAWED`, v2 `cgroup.freeze` ← `0`.
-pub fn freezer_of(pid: i32) -> Option<(PathBuf, String)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if ctrls.split(',').any(|c| c == "freezer") {
-            return Some((
-                Path::new("/sys/fs/cgroup/freezer")
-                    .join(path.trim_start_matches('/'))
-                    .join("freezer.state"),
-                "THAWED".to_string(),
-            ));
-        }
-    }
-    for line in text.lines() {
-        if let Some(path) = line.strip_prefix("0::") {
-            for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-                let f = Path::new(base)
-                    .join(path.trim_start_matches('/'))
-                    .join("cgroup.freeze");
-                if f.exists() {
-                    return Some((f, "0".to_string()));
-                }
-            }
-        }
-    }
-    None
+/// A process's freezer: the control file, the value that thaws it (v1
+/// `freezer.state` ← `THAWED`, v2 `cgroup.freeze` ← `0`), and the cgroup
+/// path it names (the container's cgroup path, relative to the hierarchy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freezer {
+    pub file: PathBuf,
+    pub thawed: String,
+    pub cgroup_path: String,
 }
 
-/// Freeze the cgroup of a freezer file from [`freezer_of`] and wait until
-/// it is frozen, polling every 1, 2, 4… ms (at most 10 ms) until `deadline`.
-///
-/// CRIU freezes the cgroup itself when it finds it thawed, but polls its
-/// state every 100 ms: a freeze that is not complete at the first look
-/// costs 100 ms of frozen time. Finding it frozen, CRIU seizes at once and
-/// leaves it frozen afterwards; the caller thaws it.
-pub fn freeze(file: &Path, deadline: std::time::Instant) -> std::io::Result<()> {
-    let v2 = file.ends_with("cgroup.freeze");
-    std::fs::write(file, if v2 { "1" } else { "FROZEN" })?;
-    let done = || -> bool {
-        if v2 {
-            let events = file.with_file_name("cgroup.events");
-            std::fs::read_to_string(events)
-                .map(|e| e.lines().any(|l| l.trim() == "frozen 1"))
-                .unwrap_or(false)
-        } else {
-            std::fs::read_to_string(file)
-                .map(|s| s.trim() == "FROZEN")
-                .unwrap_or(false)
-        }
-    };
-    let mut step = std::time::Duration::from_millis(1);
-    loop {
-        if done() {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the container did not freeze before the deadline (often a task in uninterruptible sleep, D state)",
-            ));
-        }
-        std::thread::sleep(step);
-        step = (step * 2).min(std::time::Duration::from_millis(10));
+impl Freezer {
+    /// The cgroup directory CRIU is told to freeze (`freeze_cgroup`).
+    pub fn dir(&self) -> PathBuf {
+        self.file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Undo of a freeze, for the janitor.
+    pub fn thaw_action(&self) -> Action {
+        Action::Thaw(self.file.clone(), self.thawed.clone())
     }
 }
 
-/// Is that freezer file saying "frozen"?
-pub fn is_frozen(file: &Path) -> bool {
-    std::fs::read_to_string(file)
-        .map(|s| {
-            let s = s.trim();
-            s == "FROZEN" || s == "FREEZING" || s == "1"
+/// The freezer of the cgroup `pid` is in (`/proc/PID/cgroup`).
+pub fn freezer_of(pid: i32) -> Option<Freezer> {
+    let cgroups = procfs::process::Process::new(pid).ok()?.cgroups().ok()?.0;
+    if let Some(c) = cgroups
+        .iter()
+        .find(|c| c.controllers.iter().any(|x| x == "freezer"))
+    {
+        return Some(Freezer {
+            file: Path::new("/sys/fs/cgroup/freezer")
+                .join(c.pathname.trim_start_matches('/'))
+                .join("freezer.state"),
+            thawed: "THAWED".to_string(),
+            cgroup_path: c.pathname.clone(),
+        });
+    }
+    let c = cgroups.iter().find(|c| c.hierarchy == 0)?;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|base| {
+            Path::new(base)
+                .join(c.pathname.trim_start_matches('/'))
+                .join("cgroup.freeze")
         })
-        .unwrap_or(false)
+        .find(|f| f.exists())
+        .map(|file| Freezer {
+            file,
+            thawed: "0".to_string(),
+            cgroup_path: c.pathname.clone(),
+        })
+}
+
+impl Freezer {
+    fn v2(&self) -> bool {
+        self.file.ends_with("cgroup.freeze")
+    }
+
+    /// Freeze the cgroup and wait until it is frozen, polling every 1, 2,
+    /// 4… ms (at most 10 ms) until `deadline`.
+    ///
+    /// CRIU freezes the cgroup itself when it finds it thawed, but polls
+    /// its state every 100 ms: a freeze that is not complete at the first
+    /// look costs 100 ms of frozen time. Finding it frozen, CRIU seizes at
+    /// once and leaves it frozen afterwards; the caller thaws it.
+    pub fn freeze(&self, deadline: std::time::Instant) -> std::io::Result<()> {
+        std::fs::write(&self.file, if self.v2() { "1" } else { "FROZEN" })?;
+        let done = || -> bool {
+            if self.v2() {
+                std::fs::read_to_string(self.file.with_file_name("cgroup.events"))
+                    .map(|e| e.lines().any(|l| l.trim() == "frozen 1"))
+                    .unwrap_or(false)
+            } else {
+                std::fs::read_to_string(&self.file)
+                    .map(|s| s.trim() == "FROZEN")
+                    .unwrap_or(false)
+            }
+        };
+        let mut step = std::time::Duration::from_millis(1);
+        loop {
+            if done() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the container did not freeze before the deadline (often a task in uninterruptible sleep, D state)",
+                ));
+            }
+            std::thread::sleep(step);
+            step = (step * 2).min(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Frozen or on its way there.
+    pub fn is_frozen(&self) -> bool {
+        std::fs::read_to_string(&self.file)
+            .map(|s| {
+                let s = s.trim();
+                s == "FROZEN" || s == "FREEZING" || s == "1"
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn thaw(&self) -> std::io::Result<()> {
+        std::fs::write(&self.file, &self.thawed)
+    }
 }
 
 #[cfg(test)]

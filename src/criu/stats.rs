@@ -186,32 +186,38 @@ impl Report {
         match format {
             StatsFormat::Json => serde_json::to_string(self).unwrap_or_default(),
             StatsFormat::Text => {
-                let mut s = format!(
-                    "{} of {}\n  wall time:            {:.1} ms\n  CRIU request:         {:.1} ms\n  runtime overhead:     {:.1} ms\n",
-                    self.operation, self.container_id, self.wall_time_ms, self.criu_request_ms, self.runtime_overhead_ms
-                );
-                let us = |v: u64| format!("{:.1} ms", v as f64 / 1e3);
+                let ms = |v: f64| format!("{v:.1} ms");
+                let us = |v: u64| ms(v as f64 / 1e3);
+                let mut rows = vec![
+                    ("wall time", ms(self.wall_time_ms)),
+                    ("CRIU request", ms(self.criu_request_ms)),
+                    ("runtime overhead", ms(self.runtime_overhead_ms)),
+                ];
                 match &self.criu {
-                    CriuStats::Dump(d) => {
-                        s += &format!("  freezing time:        {}\n", us(d.freezing_time_us));
-                        s += &format!("  frozen time:          {}\n", us(d.frozen_time_us));
-                        s += &format!("  memory dump time:     {}\n", us(d.memdump_time_us));
-                        s += &format!("  memory write time:    {}\n", us(d.memwrite_time_us));
-                        s += &format!("  pages scanned:        {}\n", d.pages_scanned);
-                        s += &format!("  pages skipped parent: {}\n", d.pages_skipped_parent);
-                        s += &format!("  pages written:        {}\n", d.pages_written);
-                        s += &format!("  pages lazy:           {}\n", d.pages_lazy);
-                    }
-                    CriuStats::Restore(r) => {
-                        s += &format!("  forking time:         {}\n", us(r.forking_time_us));
-                        s += &format!("  restore time:         {}\n", us(r.restore_time_us));
-                        s += &format!("  pages restored:       {}\n", r.pages_restored);
-                        s += &format!("  pages compared:       {}\n", r.pages_compared);
-                        s += &format!("  pages skipped (COW):  {}\n", r.pages_skipped_cow);
-                    }
+                    CriuStats::Dump(d) => rows.extend([
+                        ("freezing time", us(d.freezing_time_us)),
+                        ("frozen time", us(d.frozen_time_us)),
+                        ("memory dump time", us(d.memdump_time_us)),
+                        ("memory write time", us(d.memwrite_time_us)),
+                        ("pages scanned", d.pages_scanned.to_string()),
+                        ("pages skipped parent", d.pages_skipped_parent.to_string()),
+                        ("pages written", d.pages_written.to_string()),
+                        ("pages lazy", d.pages_lazy.to_string()),
+                    ]),
+                    CriuStats::Restore(r) => rows.extend([
+                        ("forking time", us(r.forking_time_us)),
+                        ("restore time", us(r.restore_time_us)),
+                        ("pages restored", r.pages_restored.to_string()),
+                        ("pages compared", r.pages_compared.to_string()),
+                        ("pages skipped (COW)", r.pages_skipped_cow.to_string()),
+                    ]),
                 }
-                s += &format!("  image size:           {} bytes\n", self.image_bytes);
-                s += &format!("  CRIU stats file:      {}", self.stats_file.display());
+                rows.push(("image size", format!("{} bytes", self.image_bytes)));
+                rows.push(("CRIU stats file", self.stats_file.display().to_string()));
+                let mut s = format!("{} of {}", self.operation, self.container_id);
+                for (k, v) in rows {
+                    s += &format!("\n  {:<22}{v}", format!("{k}:"));
+                }
                 s
             }
         }
