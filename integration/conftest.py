@@ -66,3 +66,5 @@ def docker_stack_b():
         yield s
     finally:
         s.stop()
+# integration/vm runs inside the second kernel (booted by test_second_kernel.py).
+collect_ignore = [] if os.environ.get("CNTRLIVE_IN_VM") == "1" else ["vm"]

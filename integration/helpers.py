@@ -203,3 +203,35 @@ def read_pty(fd, want, timeout=10.0):
             if want.encode() in buf:
                 return buf.decode(errors="replace")
     raise AssertionError(f"{want!r} not read from the pty in {timeout}s; got {buf!r}")
+
+
+MEMWRITER_SRC = TOP / "integration" / "progs" / "memwriter.c"
+MEMWRITER = TOP / "target" / "memwriter"
+
+
+def memwriter_binary():
+    """integration/progs/memwriter.c, built static (once, when stale)."""
+    if not MEMWRITER.exists() or MEMWRITER.stat().st_mtime < MEMWRITER_SRC.stat().st_mtime:
+        MEMWRITER.parent.mkdir(parents=True, exist_ok=True)
+        tmp = MEMWRITER.with_suffix(f".{os.getpid()}")
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(MEMWRITER_SRC)], check=True)
+        os.replace(tmp, MEMWRITER)
+    return MEMWRITER
+
+
+def make_memwriter_bundle(path, mib, pages_per_sec):
+    """A bundle whose process keeps `mib` MiB resident, dirties
+    `pages_per_sec` pages a second and checks its own memory (status in
+    rootfs/tmp/count: ticks, total writes, ok)."""
+    b = make_bundle(path, args=["/bin/memwriter", str(mib), str(pages_per_sec)])
+    shutil.copy(memwriter_binary(), b / "rootfs" / "bin" / "memwriter")
+    return b
+
+
+def read_mem_status(bundle):
+    """(ticks, total, ok) from a memwriter bundle, or (0, 0, 1) before the first write."""
+    try:
+        t, total, ok = (pathlib.Path(bundle) / "rootfs/tmp/count").read_text().split()
+        return int(t), int(total), int(ok)
+    except (FileNotFoundError, ValueError):
+        return 0, 0, 1

@@ -475,6 +475,16 @@ pub struct CheckpointArgs {
     /// Dump the container's memory information only, leave the container running after this
     #[arg(long)]
     pub pre_dump: bool,
+    /// Pre-copy in one CRIU session: N pre-dump rounds (images in
+    /// IMAGE_PATH/pre-1 … pre-N, each the parent of the next) then the final
+    /// dump, which writes only the pages dirtied since the last round
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pre_dump_rounds: Option<u32>,
+    /// With pre-dump rounds: stop early once the dirty set stops shrinking
+    /// (a round writes >= 90% of the previous one's pages) or is small
+    /// (<= 256 pages); at most --pre-dump-rounds rounds (default 8)
+    #[arg(long)]
+    pub until_converged: bool,
     /// The container ID
     pub container_id: String,
 }

@@ -175,6 +175,49 @@ pub fn check_no_escaping_links(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Follow a dump's `parent` links (a pre-copy chain) and refuse a chain
+/// that is broken (a parent missing or holding no memory images), loops,
+/// or links out of where it should (each link checked as above). CRIU
+/// would otherwise fail half-way through restoring memory, or silently
+/// read pages from wherever the link points.
+pub fn check_chain(dir: &Path) -> Result<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = std::fs::canonicalize(dir)?;
+    let mut depth = 0;
+    loop {
+        let link = cur.join("parent");
+        let Ok(target) = std::fs::read_link(&link) else {
+            check_no_escaping_links(&cur)?;
+            return Ok(depth);
+        };
+        let parent = std::fs::canonicalize(&link).map_err(|_| {
+            anyhow::anyhow!(
+                "the checkpoint's parent chain is broken: {} points to {}, which does not exist; \
+                 copy the whole chain (every pre-dump directory) keeping its relative layout",
+                link.display(),
+                target.display()
+            )
+        })?;
+        check_no_escaping_links(&cur)?;
+        if !seen.insert(parent.clone()) || depth >= 1024 {
+            bail!("the checkpoint's parent chain loops at {}", link.display());
+        }
+        let has_pages = std::fs::read_dir(&parent)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("pagemap-"));
+        if !has_pages {
+            bail!(
+                "the checkpoint's parent chain is broken: {} (parent of {}) holds no memory images; \
+                 the pre-dump failed or was copied incompletely",
+                parent.display(),
+                cur.display()
+            );
+        }
+        cur = parent;
+        depth += 1;
+    }
+}
+
 impl Manifest {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join(format!(".{MANIFEST}.tmp"));
@@ -279,6 +322,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains(">= 4.3.0"));
+    }
+
+    #[test]
+    fn chain_ok_and_broken_ng() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |name: &str, parent: Option<&str>| {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("pagemap-1.img"), b"x").unwrap();
+            if let Some(t) = parent {
+                std::os::unix::fs::symlink(t, p.join("parent")).unwrap();
+            }
+            p
+        };
+        mk("pre1", None);
+        mk("pre2", Some("../pre1"));
+        let fin = mk("final", Some("../pre2"));
+        assert_eq!(check_chain(&fin).unwrap(), 2);
+        // Rounds inside the image dir (--pre-dump-rounds).
+        let top = mk("top", Some("pre-2"));
+        mk("top/pre-1", None);
+        mk("top/pre-2", Some("../pre-1"));
+        assert_eq!(check_chain(&top).unwrap(), 2);
+        std::fs::remove_dir_all(d.path().join("pre1")).unwrap();
+        let e = check_chain(&fin).unwrap_err().to_string();
+        assert!(e.contains("chain is broken") && e.contains("../pre1"), "{e}");
+        std::fs::create_dir_all(d.path().join("pre1")).unwrap();
+        let e = check_chain(&fin).unwrap_err().to_string();
+        assert!(e.contains("holds no memory images"), "{e}");
     }
 
     #[test]

@@ -110,7 +110,42 @@ pub struct CheckpointOptions {
     pub link_remap: bool,
     pub page_server: Option<PageServer>,
     pub status_fd: Option<i32>,
+    /// Pre-copy rounds before the final dump, in the same CRIU session.
+    pub rounds: Option<Rounds>,
     pub common: CriuCommon,
+}
+
+/// `--pre-dump-rounds N [--until-converged]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rounds {
+    pub max: u32,
+    pub until_converged: bool,
+}
+
+/// Rounds when only `--until-converged` bounds them.
+pub const DEFAULT_MAX_ROUNDS: u32 = 8;
+/// A dirty set this small (pages) is not worth another round.
+pub const CONVERGED_PAGES: u64 = 256;
+
+impl Rounds {
+    /// Directory of round `k` (1-based), relative to the image path.
+    pub fn dir(k: u32) -> PathBuf {
+        PathBuf::from(format!("pre-{k}"))
+    }
+
+    /// Why pre-copy should stop after a round that wrote `now` pages when
+    /// the one before wrote `prev`; None: go on.
+    pub fn converged(prev: Option<u64>, now: u64) -> Option<String> {
+        if now <= CONVERGED_PAGES {
+            return Some(format!("dirty set is small ({now} pages <= {CONVERGED_PAGES})"));
+        }
+        match prev {
+            Some(p) if now * 10 >= p * 9 => Some(format!(
+                "dirty set stopped shrinking ({p} -> {now} pages)"
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -152,6 +187,21 @@ impl CheckpointOptions {
         if a.status_fd.is_some() && !a.criu.lazy_pages {
             bail!("--status-fd is only meaningful with --lazy-pages");
         }
+        let rounds = match (a.pre_dump_rounds, a.until_converged) {
+            (None, false) => None,
+            (max, until_converged) => {
+                if a.pre_dump {
+                    bail!("--pre-dump-rounds/--until-converged end with a final dump; drop --pre-dump (or run --pre-dump repeatedly with --parent-path)");
+                }
+                if a.criu.lazy_pages || a.page_server.is_some() {
+                    bail!("--pre-dump-rounds/--until-converged write pre-dumps to the image path; they cannot be combined with --lazy-pages or --page-server");
+                }
+                Some(Rounds {
+                    max: max.unwrap_or(DEFAULT_MAX_ROUNDS),
+                    until_converged,
+                })
+            }
+        };
         Ok(CheckpointOptions {
             id: a.container_id.clone(),
             image_path,
@@ -167,6 +217,7 @@ impl CheckpointOptions {
                 .map(PageServer::parse)
                 .transpose()?,
             status_fd: a.status_fd,
+            rounds,
             common,
         })
     }
@@ -199,6 +250,17 @@ mod tests {
         for s in ["host", ":1", "h:0", "h:x"] {
             assert!(PageServer::parse(s).is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn converged_ok() {
+        assert_eq!(Rounds::converged(None, 10_000), None);
+        assert_eq!(Rounds::converged(Some(10_000), 5_000), None);
+        assert!(Rounds::converged(Some(10_000), 9_500)
+            .unwrap()
+            .contains("stopped shrinking"));
+        assert!(Rounds::converged(None, 200).unwrap().contains("small"));
+        assert_eq!(Rounds::dir(3), PathBuf::from("pre-3"));
     }
 
     #[test]

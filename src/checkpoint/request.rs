@@ -243,6 +243,7 @@ mod tests {
             link_remap: false,
             page_server: None,
             status_fd: None,
+            rounds: None,
             common: CriuCommon {
                 tcp_established: true,
                 ..Default::default()

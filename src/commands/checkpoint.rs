@@ -17,13 +17,13 @@ use libcontainer::container::{Container, ContainerStatus};
 
 use super::Ctx;
 use crate::checkpoint::images::{self, Manifest, SpecFacts, MANIFEST_FORMAT};
-use crate::checkpoint::options::CheckpointOptions;
+use crate::checkpoint::options::{CheckpointOptions, Rounds};
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::CheckpointArgs;
 use crate::criu::cancel;
 use crate::criu::gates::{self, format_version};
 use crate::criu::janitor::{self, Action, Janitor};
-use crate::criu::session::AcceptAll;
+use crate::criu::session::{AcceptAll, Session};
 use crate::criu::stats;
 
 pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
@@ -175,6 +175,20 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             );
         }
     }
+    // Gates first: a refused checkpoint touches nothing (no freeze, the
+    // image directory as it was).
+    let version = super::criu_version_gate(ctx, &mut session)?;
+    tracing::debug!(phase = "CRIU started, version checked", "checkpoint");
+    let tracks_memory = opts.pre_dump || opts.rounds.is_some() || opts.parent_path.is_some();
+    if tracks_memory || opts.common.lazy_pages {
+        let f = gates::features(&mut session)?;
+        if tracks_memory && !f.mem_track {
+            bail!(gates::mem_track_missing());
+        }
+        if opts.common.lazy_pages && !f.lazy_pages {
+            bail!(gates::lazy_pages_missing());
+        }
+    }
     // Whatever was in the image dir is being replaced: from now until the
     // manifest is written, the directory must not look complete.
     images::invalidate(&opts.image_path);
@@ -192,21 +206,35 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         janitor.arm(f.thaw_action());
     }
 
-    let result = (|| -> Result<(u32, Duration)> {
-        let version = super::criu_version_gate(ctx, &mut session)?;
-        tracing::debug!(phase = "CRIU started, version checked", "checkpoint");
-        if opts.pre_dump || opts.common.lazy_pages {
-            let f = gates::features(&mut session)?;
-            if opts.pre_dump && !f.mem_track {
-                bail!(gates::mem_track_missing());
-            }
-            if opts.common.lazy_pages && !f.lazy_pages {
-                bail!(gates::lazy_pages_missing());
-            }
-        }
+    let manifest = |kind: &str, parent: Option<PathBuf>| Manifest {
+        format: MANIFEST_FORMAT,
+        kind: kind.to_string(),
+        runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+        criu_version: format_version(version),
+        container_id: id.clone(),
+        created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        parent,
+        config_digest: images::file_digest(&c.bundle().join("config.json")),
+        cgroup_path: freezer.as_ref().map(|f| f.cgroup_path.clone()),
+        namespaces: spec_facts.namespaces.clone(),
+        terminal: spec_facts.terminal,
+        descriptors: read_descriptors(&opts.image_path),
+        loopback_only: facts.loopback_only,
+    };
+
+    let mut final_opts = opts.clone();
+    let result = (|| -> Result<(Duration, PreCopy)> {
         use std::os::fd::AsRawFd;
-        let req = dump_request(&opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
-        if let Some(f) = &thaw {
+        let mut pre_copy = PreCopy::default();
+        if let Some(rounds) = opts.rounds {
+            pre_copy = run_rounds(&mut session, &opts, rounds, &facts, &work_dir, &manifest)?;
+            final_opts.parent_path = pre_copy.rounds.last().map(|r| Rounds::dir(r.round));
+        }
+        let req = dump_request(&final_opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
+        // A pre-dump thaws the container as soon as its memory is collected
+        // (CRIU leaves a cgroup it found frozen frozen): only a dump is
+        // frozen by us.
+        if let Some(f) = thaw.as_ref().filter(|_| !opts.pre_dump) {
             // Frozen by us (thawed again below and by the janitor).
             f.freeze(Instant::now() + criu_timeout(ctx)?)
                 .with_context(|| {
@@ -218,26 +246,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         let criu_time = sent.elapsed();
         tracing::debug!(phase = "CRIU dump done", "checkpoint");
         session.close();
-        Ok((version, criu_time))
+        Ok((criu_time, pre_copy))
     })();
 
     match result {
-        Ok((version, criu_time)) => {
-            Manifest {
-                format: MANIFEST_FORMAT,
-                kind: if opts.pre_dump { "pre-dump" } else { "dump" }.to_string(),
-                runtime_version: env!("CARGO_PKG_VERSION").to_string(),
-                criu_version: format_version(version),
-                container_id: id.clone(),
-                created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-                parent: opts.parent_path.clone(),
-                config_digest: images::file_digest(&c.bundle().join("config.json")),
-                cgroup_path: freezer.as_ref().map(|f| f.cgroup_path.clone()),
-                namespaces: spec_facts.namespaces.clone(),
-                terminal: spec_facts.terminal,
-                descriptors: read_descriptors(&opts.image_path),
-                loopback_only: facts.loopback_only,
-            }
+        Ok((criu_time, pre_copy)) => {
+            manifest(
+                if opts.pre_dump { "pre-dump" } else { "dump" },
+                final_opts.parent_path.clone(),
+            )
             .write(&opts.image_path)?;
             // We froze it; CRIU left it as it found it.
             if let Some(f) = &thaw {
@@ -254,7 +271,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             }
             if let Some(format) = args.criu.stats {
                 let diskless = opts.page_server.is_some();
-                let report = stats::Report::new(
+                let mut report = stats::Report::new(
                     if opts.pre_dump {
                         "pre-dump"
                     } else {
@@ -266,6 +283,8 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                     opts.work_path.join("stats-dump"),
                     (!diskless).then_some(opts.image_path.as_path()),
                 )?;
+                report.rounds = pre_copy.rounds;
+                report.pre_copy_stopped = pre_copy.stopped;
                 println!("{}", report.render(format));
             }
             Ok(())
@@ -284,6 +303,76 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             ))
         }
     }
+}
+
+/// What the pre-copy rounds did.
+#[derive(Default)]
+struct PreCopy {
+    rounds: Vec<stats::RoundReport>,
+    /// Why the rounds stopped before the bound (--until-converged).
+    stopped: Option<String>,
+}
+
+/// Pre-copy in the open session: PRE_DUMP rounds into IMAGE_PATH/pre-K,
+/// each tracking memory against the one before (the first against
+/// --parent-path), until the bound or, with --until-converged, until the
+/// dirty set stops shrinking. CRIU takes them one after another in one
+/// swrk session and then the final DUMP (criu/cr-service.c `pre_dump_loop`),
+/// so its start-up and kernel probing are paid once.
+fn run_rounds(
+    session: &mut Session,
+    opts: &CheckpointOptions,
+    rounds: Rounds,
+    facts: &ContainerFacts,
+    work_dir: &File,
+    manifest: &dyn Fn(&str, Option<PathBuf>) -> Manifest,
+) -> Result<PreCopy> {
+    use std::os::fd::AsRawFd;
+    let mut out = PreCopy::default();
+    let mut prev_pages = None;
+    for k in 1..=rounds.max {
+        let rel = Rounds::dir(k);
+        let dir = opts.image_path.join(&rel);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| {
+                format!("failed to replace the old pre-copy round {}", dir.display())
+            })?;
+        }
+        make_dir(&dir, "pre-copy round directory")?;
+        let mut o = opts.clone();
+        o.image_path = dir.clone();
+        o.pre_dump = true;
+        o.leave_running = true;
+        o.parent_path = if k == 1 {
+            opts.parent_path.as_ref().map(|p| Path::new("..").join(p))
+        } else {
+            Some(Path::new("..").join(Rounds::dir(k - 1)))
+        };
+        let images = File::open(&dir).with_context(|| format!("failed to open {}", dir.display()))?;
+        let mut req = dump_request(&o, facts, images.as_raw_fd(), work_dir.as_raw_fd());
+        if let Some(ro) = req.opts.as_mut() {
+            ro.log_file = Some(format!("pre-dump-{k}.log"));
+        }
+        let sent = Instant::now();
+        session.request(&req, &mut AcceptAll)?;
+        let took = sent.elapsed();
+        let st = match stats::read(&opts.work_path.join("stats-dump"))? {
+            stats::CriuStats::Dump(d) => d,
+            stats::CriuStats::Restore(_) => bail!("CRIU wrote restore statistics for a pre-dump"),
+        };
+        manifest("pre-dump", o.parent_path.clone()).write(&dir)?;
+        let pages = st.pages_written;
+        tracing::info!(round = k, pages, ms = took.as_millis() as u64, "pre-dump round done");
+        out.rounds.push(stats::RoundReport::new(k, &dir, took, &st));
+        if rounds.until_converged {
+            if let Some(why) = Rounds::converged(prev_pages, pages) {
+                out.stopped = Some(why);
+                break;
+            }
+        }
+        prev_pages = Some(pages);
+    }
+    Ok(out)
 }
 
 /// How the container was left after a failed checkpoint, for the message.

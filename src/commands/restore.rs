@@ -150,7 +150,7 @@ fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
             o.image_path.display()
         );
     }
-    images::check_no_escaping_links(&o.image_path)?;
+    images::check_chain(&o.image_path)?;
     let manifest = Manifest::load(&o.image_path)?;
     if let Some(m) = &manifest {
         if m.kind == "pre-dump" {

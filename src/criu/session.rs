@@ -54,7 +54,7 @@ pub const DEFAULT_TIMEOUT: &str = "5m";
 
 #[derive(Debug, Error)]
 pub enum CriuError {
-    #[error("failed to start {path}: {source} (install CRIU >= 3.16, e.g. with hack/install.sh, or pass --criu PATH)")]
+    #[error("failed to start {path} (install CRIU >= 3.16, e.g. with hack/install.sh, or pass --criu PATH)")]
     Spawn {
         path: PathBuf,
         #[source]

@@ -65,6 +65,40 @@ pub struct Report {
     /// Bytes in the image directory (0 for a diskless dump).
     pub image_bytes: u64,
     pub stats_file: PathBuf,
+    /// Pre-copy rounds before this dump (`--pre-dump-rounds`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundReport>,
+    /// Why pre-copy stopped before its bound (`--until-converged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_copy_stopped: Option<String>,
+}
+
+/// One pre-dump round of a pre-copy checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    pub round: u32,
+    pub image_path: PathBuf,
+    pub criu_request_ms: f64,
+    pub frozen_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_parent: u64,
+    pub pages_written: u64,
+    pub image_bytes: u64,
+}
+
+impl RoundReport {
+    pub fn new(round: u32, dir: &Path, took: Duration, d: &DumpStats) -> RoundReport {
+        RoundReport {
+            round,
+            image_path: dir.to_path_buf(),
+            criu_request_ms: ms(took),
+            frozen_time_us: d.frozen_time_us,
+            pages_scanned: d.pages_scanned,
+            pages_skipped_parent: d.pages_skipped_parent,
+            pages_written: d.pages_written,
+            image_bytes: dir_bytes(dir),
+        }
+    }
 }
 
 /// Read a stats file CRIU wrote.
@@ -178,6 +212,8 @@ impl Report {
             criu: read(&stats_file)?,
             image_bytes: image_dir.map(dir_bytes).unwrap_or(0),
             stats_file,
+            rounds: Vec::new(),
+            pre_copy_stopped: None,
         })
     }
 
@@ -215,6 +251,23 @@ impl Report {
                 rows.push(("image size", format!("{} bytes", self.image_bytes)));
                 rows.push(("CRIU stats file", self.stats_file.display().to_string()));
                 let mut s = format!("{} of {}", self.operation, self.container_id);
+                for r in &self.rounds {
+                    s += &format!(
+                        "\n  pre-dump round {}: {} pages written ({} skipped, in parent), {} bytes, frozen {}, CRIU {}",
+                        r.round,
+                        r.pages_written,
+                        r.pages_skipped_parent,
+                        r.image_bytes,
+                        us(r.frozen_time_us),
+                        ms(r.criu_request_ms)
+                    );
+                }
+                if let Some(why) = &self.pre_copy_stopped {
+                    s += &format!("\n  pre-copy stopped: {why}");
+                }
+                if !self.rounds.is_empty() {
+                    s += "\n  final dump:";
+                }
                 for (k, v) in rows {
                     s += &format!("\n  {:<22}{v}", format!("{k}:"));
                 }
