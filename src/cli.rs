@@ -517,6 +517,11 @@ pub struct RestoreArgs {
     /// Specify an LSM mount context to be used during restore
     #[arg(long, value_name = "CONTEXT")]
     pub lsm_mount_context: Option<String>,
+    /// With --lazy-pages: ADDRESS:PORT of the dumping side's page server;
+    /// the runtime starts and supervises CRIU's lazy-pages daemon itself
+    /// (without it, a daemon started by hand is expected, as with runc)
+    #[arg(long, value_name = "ADDR:PORT", requires = "lazy_pages")]
+    pub page_server: Option<String>,
     /// The container ID
     pub container_id: String,
 }

@@ -12,7 +12,7 @@ import time
 
 from helpers import OURS, make_memwriter_bundle, read_mem_status, wait_for
 
-MIB, RATE = 64, 256  # 64 MiB working set, 256 pages (1 MiB) dirtied a second
+MIB, RATE = 64, 64  # 64 MiB working set, 64 pages (256 KiB) dirtied a second
 
 
 def record(name, data):

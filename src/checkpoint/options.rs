@@ -184,6 +184,9 @@ impl CheckpointOptions {
         if a.pre_dump && a.criu.lazy_pages {
             bail!("--pre-dump and --lazy-pages cannot be combined");
         }
+        if a.criu.lazy_pages && a.page_server.is_none() {
+            bail!("--lazy-pages needs --page-server ADDR:PORT: the address the dumping side serves the pages on until the restoring side has them all");
+        }
         if a.status_fd.is_some() && !a.criu.lazy_pages {
             bail!("--status-fd is only meaningful with --lazy-pages");
         }
@@ -283,6 +286,8 @@ pub struct RestoreOptions {
     pub no_subreaper: bool,
     pub lsm_profile: Option<String>,
     pub lsm_mount_context: Option<String>,
+    /// Where lazily restored pages come from (we run the lazy-pages daemon).
+    pub page_server: Option<PageServer>,
     pub common: CriuCommon,
 }
 
@@ -299,6 +304,11 @@ impl RestoreOptions {
             no_subreaper: a.no_subreaper,
             lsm_profile: a.lsm_profile.clone(),
             lsm_mount_context: a.lsm_mount_context.clone(),
+            page_server: a
+                .page_server
+                .as_deref()
+                .map(PageServer::parse)
+                .transpose()?,
             common: CriuCommon::from_flags(&a.criu)?,
         })
     }

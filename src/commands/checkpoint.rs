@@ -8,6 +8,7 @@
 //! unless it keeps running.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -135,7 +136,7 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let started = Instant::now();
-    let opts = CheckpointOptions::from_args(&args)?;
+    let mut opts = CheckpointOptions::from_args(&args)?;
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
     let mut c = ctx.store.load(&opts.id)?;
@@ -162,7 +163,28 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     // early error kills it.
     cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    // Post-copy without --status-fd: CRIU tells us when its page server
+    // is ready, and we tell the user (stderr), who can start the restore.
+    let ready = match (&opts.page_server, opts.common.lazy_pages && opts.status_fd.is_none()) {
+        (Some(ps), true) => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::empty())?;
+            nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+            opts.status_fd = Some(w.as_raw_fd());
+            Some((r, w, format!("{}:{}", ps.address, ps.port)))
+        }
+        _ => None,
+    };
     let mut session = super::start_criu_session(ctx, &opts.work_path, false, &mut janitor)?;
+    if let Some((r, w, at)) = ready {
+        drop(w);
+        let id = opts.id.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            if nix::unistd::read(r.as_raw_fd(), &mut b).unwrap_or(0) == 1 {
+                eprintln!("lazy checkpoint of {id} ready: its pages are served on {at} until the restoring side has them all (restore --lazy-pages --page-server {at})");
+            }
+        });
+    }
     let (facts, spec_facts) = container_facts(&c, pid, freezer.as_ref())?;
     tracing::debug!(phase = "facts gathered", "checkpoint");
     if let Some(parent) = &opts.parent_path {
@@ -283,6 +305,12 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                     opts.work_path.join("stats-dump"),
                     (!diskless).then_some(opts.image_path.as_path()),
                 )?;
+                if let stats::CriuStats::Dump(d) = &report.criu {
+                    report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
+                }
+                let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
+                report.runtime_overhead_ms =
+                    ((report.runtime_overhead_ms - rounds_ms) * 1e3).round().max(0.0) / 1e3;
                 report.rounds = pre_copy.rounds;
                 report.pre_copy_stopped = pre_copy.stopped;
                 println!("{}", report.render(format));
@@ -311,6 +339,8 @@ struct PreCopy {
     rounds: Vec<stats::RoundReport>,
     /// Why the rounds stopped before the bound (--until-converged).
     stopped: Option<String>,
+    /// CRIU's session-wide counters after the last round.
+    cumulative: stats::DumpStats,
 }
 
 /// Pre-copy in the open session: PRE_DUMP rounds into IMAGE_PATH/pre-K,
@@ -356,10 +386,12 @@ fn run_rounds(
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
         let took = sent.elapsed();
-        let st = match stats::read(&opts.work_path.join("stats-dump"))? {
+        let total = match stats::read(&opts.work_path.join("stats-dump"))? {
             stats::CriuStats::Dump(d) => d,
             stats::CriuStats::Restore(_) => bail!("CRIU wrote restore statistics for a pre-dump"),
         };
+        let st = total.since(&out.cumulative);
+        out.cumulative = total;
         manifest("pre-dump", o.parent_path.clone()).write(&dir)?;
         let pages = st.pages_written;
         tracing::info!(round = k, pages, ms = took.as_millis() as u64, "pre-dump round done");

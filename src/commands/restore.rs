@@ -31,6 +31,7 @@ use crate::checkpoint::request::{restore_request, RestoreFacts};
 use crate::cli::RestoreArgs;
 use crate::criu::cancel;
 use crate::criu::gates;
+use crate::criu::lazy::LazyPages;
 use crate::criu::janitor::{Action, Janitor};
 use crate::criu::session::{Notify, NotifyOutcome};
 
@@ -286,6 +287,19 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
             bail!(gates::lazy_pages_missing());
         }
+        // Post-copy: our supervisor starts CRIU's lazy-pages daemon, which
+        // fetches the pages from the dumping side (killed if we fail).
+        let lazy = match &o.page_server {
+            Some(ps) => Some(LazyPages::start(
+                Path::new(&ctx.global.criu),
+                &o.image_path,
+                &o.work_path,
+                ps,
+                criu_timeout(ctx)?,
+            )?),
+            None => None,
+        };
+        tracing::debug!(phase = "lazy-pages daemon listening", "restore");
         // CRIU itself goes into the container's cgroup, so the tasks it
         // restores land there (runc's criuApplyCgroups).
         manager
@@ -377,6 +391,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;
         }
         janitor.disarm();
+        if let Some(l) = lazy {
+            l.restored(pid);
+        }
         Ok((pid, version))
     })();
 

@@ -101,7 +101,9 @@ pub struct Janitor {
     pipe: Option<File>,
 }
 
-fn close_all_but(keep: i32) {
+/// Close every inherited descriptor but `keep` and stdio (pointed at
+/// /dev/null): a guard process must not hold the runtime's pipes open.
+pub(crate) fn close_all_but(keep: &[i32]) {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -109,7 +111,7 @@ fn close_all_but(keep: i32) {
         })
         .unwrap_or_default();
     for fd in fds {
-        if fd != keep && fd > 2 {
+        if !keep.contains(&fd) && fd > 2 {
             // SAFETY: closing descriptors inherited from the runtime.
             unsafe { libc::close(fd) };
         }
@@ -138,7 +140,7 @@ fn child_main(read: OwnedFd) -> ! {
         // SAFETY: setting a signal disposition to ignore.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
-    close_all_but(read.as_raw_fd());
+    close_all_but(&[read.as_raw_fd()]);
     let reader = BufReader::new(File::from(read));
     let mut actions = Vec::new();
     for line in reader.lines() {

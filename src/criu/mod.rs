@@ -22,6 +22,7 @@
 pub mod cancel;
 pub mod gates;
 pub mod janitor;
+pub mod lazy;
 pub mod log;
 pub mod page_server;
 pub mod session;

@@ -1,0 +1,286 @@
+//! Post-copy on the restoring side: CRIU's lazy-pages daemon, started,
+//! supervised and reaped by a small supervisor process of ours.
+//!
+//! `criu lazy-pages --page-server --address A --port P` connects to the
+//! dumping side's page server (CRIU's `cr_lazy_mem_dump`), listens on
+//! `<work dir>/lazy-pages.socket` for the restoring CRIU, and serves the
+//! restored tasks' userfaultfd faults, fetching pages on demand and the
+//! rest in the background. It exits by itself once every page is in.
+//!
+//! The restore returns (`-d`) long before that, so the daemon cannot be
+//! the runtime's child to wait for. The supervisor is forked first, in its
+//! own session; it spawns the daemon (its child, reaped by it), tells the
+//! runtime when the socket is there, and then:
+//! - the runtime dies or the restore fails (its pipe closes without a
+//!   container pid): the daemon is killed;
+//! - after a successful restore (the runtime sends the container's pid):
+//!   it waits for the daemon until the deadline. If the daemon fails (its
+//!   exit status or `Error` lines in its log) or the deadline passes, the
+//!   restored container is killed: it has pages that will never arrive,
+//!   and a process running on zero-filled memory would be silently wrong.
+//!
+//! What happened is written to `<work dir>/lazy-pages.result` (JSON).
+//! runc leaves all of this to the user (`criu lazy-pages` by hand).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+use serde::Serialize;
+
+use super::log::LogExcerpt;
+use crate::checkpoint::options::PageServer;
+
+pub const SOCKET: &str = "lazy-pages.socket";
+pub const LOG_FILE: &str = "lazy-pages.log";
+pub const RESULT_FILE: &str = "lazy-pages.result";
+/// How long the daemon gets to connect to the page server and listen.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The supervisor, seen from the runtime.
+pub struct LazyPages {
+    pub supervisor: Pid,
+    control: Option<File>,
+}
+
+/// What the supervisor records when it is done.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub ok: bool,
+    pub daemon_pid: i32,
+    pub container_pid: Option<i32>,
+    pub elapsed_ms: u128,
+    pub detail: String,
+    pub container_killed: bool,
+}
+
+fn read_line(f: &mut File) -> Option<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => out.push(b[0]),
+            _ => {
+                if out.is_empty() {
+                    return None;
+                }
+                break;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+impl LazyPages {
+    /// Fork the supervisor, which starts `criu lazy-pages` and returns once
+    /// the daemon listens (or failed to).
+    pub fn start(
+        criu: &Path,
+        images: &Path,
+        work: &Path,
+        source: &PageServer,
+        deadline: Duration,
+    ) -> anyhow::Result<LazyPages> {
+        let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (control_r, control_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let _ = std::fs::remove_file(work.join(SOCKET));
+        let _ = std::fs::remove_file(work.join(RESULT_FILE));
+        let mut cmd = Command::new(criu);
+        cmd.arg("lazy-pages")
+            .arg("--page-server")
+            .arg("--address")
+            .arg(&source.address)
+            .arg("--port")
+            .arg(source.port.to_string())
+            .arg("--images-dir")
+            .arg(images)
+            .arg("--work-dir")
+            .arg(work)
+            .arg("--log-file")
+            .arg(LOG_FILE)
+            .arg("-v4")
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: the runtime is single-threaded here; the child only
+        // spawns, polls, waits, signals, writes files and _exits.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                drop(status_r);
+                drop(control_w);
+                super::janitor::close_all_but(&[status_w.as_raw_fd(), control_r.as_raw_fd()]);
+                let code = supervise(cmd, work, deadline, File::from(status_w), File::from(control_r));
+                // SAFETY: leave without running the runtime's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                drop(status_w);
+                drop(control_r);
+                let mut status = File::from(status_r);
+                let line = read_line(&mut status).unwrap_or_default();
+                let lp = LazyPages {
+                    supervisor: child,
+                    control: Some(File::from(control_w)),
+                };
+                if line != "ready" {
+                    let why = line.strip_prefix("failed ").unwrap_or("the supervisor died");
+                    drop(lp);
+                    anyhow::bail!(
+                        "CRIU's lazy-pages daemon did not start: {why}{}",
+                        render(work)
+                    );
+                }
+                Ok(lp)
+            }
+        }
+    }
+
+    /// The restore succeeded: hand the supervisor the container's pid and
+    /// leave it to see the transfer through.
+    pub fn restored(mut self, container: i32) {
+        if let Some(mut c) = self.control.take() {
+            let _ = c.write_all(format!("container {container}\n").as_bytes());
+        }
+        // Not waited for: it outlives a detached restore (setsid, reparented).
+    }
+}
+
+impl Drop for LazyPages {
+    /// Restore failed or the runtime unwinds: closing the pipe makes the
+    /// supervisor kill the daemon; it is reaped here.
+    fn drop(&mut self) {
+        if self.control.take().is_some() {
+            let _ = waitpid(self.supervisor, None);
+        }
+    }
+}
+
+fn render(work: &Path) -> String {
+    LogExcerpt::read(&work.join(LOG_FILE)).map_or(String::new(), |e| e.render())
+}
+
+/// Wait for our child `pid` until `until`; None at the deadline.
+fn wait_exit(pid: Pid, until: Instant) -> Option<WaitStatus> {
+    let pidfd = super::session::pidfd_open(pid).ok()?;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(left.as_millis().min(1000) as u16));
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return waitpid(pid, None).ok();
+        }
+    }
+}
+
+fn supervise(mut cmd: Command, work: &Path, deadline: Duration, mut status: File, control: File) -> i32 {
+    let _ = setsid();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: ignoring signals in the supervisor.
+        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    let started = Instant::now();
+    let daemon = match cmd.spawn() {
+        Ok(c) => Pid::from_raw(c.id() as i32),
+        Err(e) => {
+            let _ = writeln!(status, "failed cannot run CRIU: {e}");
+            return 1;
+        }
+    };
+    // Ready: the socket the restoring CRIU connects to exists.
+    let socket = work.join(SOCKET);
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    loop {
+        if socket.exists() {
+            break;
+        }
+        if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(daemon, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+        {
+            let _ = writeln!(status, "failed it exited before listening (is the page server at the given address running?)");
+            return 1;
+        }
+        if Instant::now() > ready_by {
+            let _ = kill(daemon, Signal::SIGKILL);
+            let _ = waitpid(daemon, None);
+            let _ = writeln!(status, "failed it did not listen within {READY_TIMEOUT:?}");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = writeln!(status, "ready");
+    drop(status);
+
+    // Wait for the runtime's verdict on the restore, watching the daemon.
+    let mut control = BufReader::new(control);
+    let mut line = String::new();
+    let container = match control.read_line(&mut line) {
+        Ok(n) if n > 0 => line.trim().strip_prefix("container ").and_then(|p| p.parse::<i32>().ok()),
+        _ => None,
+    };
+    let mut outcome = Outcome {
+        ok: false,
+        daemon_pid: daemon.as_raw(),
+        container_pid: container,
+        elapsed_ms: 0,
+        detail: String::new(),
+        container_killed: false,
+    };
+    match container {
+        None => {
+            let _ = kill(daemon, Signal::SIGKILL);
+            let _ = waitpid(daemon, None);
+            outcome.detail = "the restore did not complete; the lazy-pages daemon was killed".into();
+        }
+        Some(pid) => {
+            let exit = wait_exit(daemon, started + deadline);
+            let clean = LogExcerpt::read(&work.join(LOG_FILE)).is_none_or(|e| e.quoted.is_empty());
+            let failed = match exit {
+                None => {
+                    let _ = kill(daemon, Signal::SIGKILL);
+                    let _ = waitpid(daemon, None);
+                    Some(format!("not every page arrived within {deadline:?} (--criu-timeout); the daemon was killed"))
+                }
+                Some(WaitStatus::Exited(_, 0)) if clean => None,
+                Some(WaitStatus::Exited(_, code)) => Some(format!("the daemon exited with status {code}{}", render(work))),
+                Some(other) => Some(format!("the daemon ended: {other:?}{}", render(work))),
+            };
+            match failed {
+                None => {
+                    outcome.ok = true;
+                    outcome.detail = "every page was transferred".into();
+                }
+                Some(why) => {
+                    // Its missing pages will never arrive: do not let it run on.
+                    outcome.container_killed = kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
+                    outcome.detail = why;
+                }
+            }
+        }
+    }
+    outcome.elapsed_ms = started.elapsed().as_millis();
+    if let Ok(text) = serde_json::to_vec_pretty(&outcome) {
+        let tmp = work.join(format!(".{RESULT_FILE}.tmp"));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, work.join(RESULT_FILE));
+        }
+    }
+    i32::from(!outcome.ok)
+}
+
+/// The result the supervisor left in `work` (None while it still runs).
+pub fn result_path(work: &Path) -> PathBuf {
+    work.join(RESULT_FILE)
+}
+
