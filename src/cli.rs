@@ -485,6 +485,13 @@ pub struct CheckpointArgs {
     /// (<= 256 pages); at most --pre-dump-rounds rounds (default 8)
     #[arg(long)]
     pub until_converged: bool,
+    /// With --lazy-pages, when the restoring side is not cntrlive-runtime
+    /// (runc, a hand-started `criu lazy-pages`): let CRIU kill the
+    /// container as soon as the page server's connection ends, as runc
+    /// does. CRIU cannot tell a finished transfer from a dead destination;
+    /// by default the container stays (frozen) until our restore confirms
+    #[arg(long, requires = "lazy_pages")]
+    pub no_lazy_confirm: bool,
     /// The container ID
     pub container_id: String,
 }

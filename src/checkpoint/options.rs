@@ -112,6 +112,9 @@ pub struct CheckpointOptions {
     pub status_fd: Option<i32>,
     /// Pre-copy rounds before the final dump, in the same CRIU session.
     pub rounds: Option<Rounds>,
+    /// Post-copy: keep the source alive (frozen) until the restoring side
+    /// confirms every page arrived (see `criu::lazy::await_verdict`).
+    pub lazy_confirm: bool,
     pub common: CriuCommon,
 }
 
@@ -221,6 +224,7 @@ impl CheckpointOptions {
                 .transpose()?,
             status_fd: a.status_fd,
             rounds,
+            lazy_confirm: a.criu.lazy_pages && !a.no_lazy_confirm,
             common,
         })
     }

@@ -106,7 +106,8 @@ pub fn dump_request(
     let mut opts = base_opts(&o.common, images_fd, work_fd, log_name(o));
     opts.root = Some(f.rootfs.display().to_string());
     opts.pid = Some(f.init_pid);
-    opts.leave_running = Some(o.leave_running);
+    // Post-copy with confirmation: the runtime, not CRIU, ends the source.
+    opts.leave_running = Some(o.leave_running || o.lazy_confirm);
     opts.tcp_skip_in_flight = Some(o.tcp_skip_in_flight);
     opts.link_remap = Some(o.link_remap);
     if let Some(cg) = &f.freeze_cgroup {
@@ -244,6 +245,7 @@ mod tests {
             page_server: None,
             status_fd: None,
             rounds: None,
+            lazy_confirm: false,
             common: CriuCommon {
                 tcp_established: true,
                 ..Default::default()

@@ -24,6 +24,7 @@ use crate::cli::CheckpointArgs;
 use crate::criu::cancel;
 use crate::criu::gates::{self, format_version};
 use crate::criu::janitor::{self, Action, Janitor};
+use crate::criu::lazy;
 use crate::criu::session::{AcceptAll, Session};
 use crate::criu::stats;
 
@@ -268,6 +269,20 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         let criu_time = sent.elapsed();
         tracing::debug!(phase = "CRIU dump done", "checkpoint");
         session.close();
+        if opts.lazy_confirm {
+            // Post-copy: CRIU left the tasks alive and frozen; only the
+            // restoring side's word says whether it has every page.
+            let ps = opts.page_server.as_ref().context("--lazy-pages without --page-server")?;
+            lazy::await_verdict(&ps.address, ps.port, Instant::now() + criu_timeout(ctx)?)
+                .map_err(|why| anyhow::anyhow!("post-copy migration did not complete: {why}"))?;
+            if !opts.leave_running {
+                if let Some(f) = &freezer {
+                    // Killed while frozen: they die at the thaw below
+                    // without running another instruction of their own.
+                    kill_all_in(&f.dir());
+                }
+            }
+        }
         Ok((criu_time, pre_copy))
     })();
 
@@ -330,6 +345,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 left_as(&c)
             ))
         }
+    }
+}
+
+/// SIGKILL every process of a cgroup (v1 `cgroup.procs` of the freezer,
+/// v2 `cgroup.procs`).
+fn kill_all_in(cgroup: &Path) {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

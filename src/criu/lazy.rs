@@ -25,7 +25,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,14 @@ impl LazyPages {
                 drop(status_r);
                 drop(control_w);
                 super::janitor::close_all_but(&[status_w.as_raw_fd(), control_r.as_raw_fd()]);
-                let code = supervise(cmd, work, deadline, File::from(status_w), File::from(control_r));
+                let code = supervise(
+                    cmd,
+                    work,
+                    source,
+                    deadline,
+                    File::from(status_w),
+                    File::from(control_r),
+                );
                 // SAFETY: leave without running the runtime's destructors.
                 unsafe { libc::_exit(code) }
             }
@@ -184,7 +191,14 @@ fn wait_exit(pid: Pid, until: Instant) -> Option<WaitStatus> {
     }
 }
 
-fn supervise(mut cmd: Command, work: &Path, deadline: Duration, mut status: File, control: File) -> i32 {
+fn supervise(
+    mut cmd: Command,
+    work: &Path,
+    source: &PageServer,
+    deadline: Duration,
+    mut status: File,
+    control: File,
+) -> i32 {
     let _ = setsid();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
         // SAFETY: ignoring signals in the supervisor.
@@ -256,19 +270,37 @@ fn supervise(mut cmd: Command, work: &Path, deadline: Duration, mut status: File
                 Some(WaitStatus::Exited(_, code)) => Some(format!("the daemon exited with status {code}{}", render(work))),
                 Some(other) => Some(format!("the daemon ended: {other:?}{}", render(work))),
             };
+            let failed = match failed {
+                None if deliver_verdict(source, VERDICT_OK) => None,
+                None => Some(format!(
+                    "every page arrived, but the dumping side at {}:{} did not acknowledge it within {VERDICT_DELIVERY:?}, so it runs on there",
+                    source.address, source.port
+                )),
+                failed => failed,
+            };
             match failed {
                 None => {
                     outcome.ok = true;
-                    outcome.detail = "every page was transferred".into();
+                    outcome.detail = "every page was transferred; the dumping side confirmed".into();
                 }
                 Some(why) => {
-                    // Its missing pages will never arrive: do not let it run on.
+                    // Its missing pages will never arrive (or the source
+                    // runs on): do not let it run here; then tell the source.
                     outcome.container_killed = kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
+                    let first = why.lines().next().unwrap_or("").to_string();
                     outcome.detail = why;
+                    write_outcome(work, &mut outcome, started);
+                    deliver_verdict(source, &format!("{VERDICT_FAILED} {first}"));
+                    return 1;
                 }
             }
         }
     }
+    write_outcome(work, &mut outcome, started);
+    i32::from(!outcome.ok)
+}
+
+fn write_outcome(work: &Path, outcome: &mut Outcome, started: Instant) {
     outcome.elapsed_ms = started.elapsed().as_millis();
     if let Ok(text) = serde_json::to_vec_pretty(&outcome) {
         let tmp = work.join(format!(".{RESULT_FILE}.tmp"));
@@ -276,11 +308,76 @@ fn supervise(mut cmd: Command, work: &Path, deadline: Duration, mut status: File
             let _ = std::fs::rename(&tmp, work.join(RESULT_FILE));
         }
     }
-    i32::from(!outcome.ok)
 }
 
-/// The result the supervisor left in `work` (None while it still runs).
-pub fn result_path(work: &Path) -> PathBuf {
-    work.join(RESULT_FILE)
+/// The confirmation that closes a post-copy migration.
+///
+/// CRIU's page server cannot tell a finished transfer from a restoring
+/// side that died: in `page_server_serve` (criu/page-xfer.c) an EOF on the
+/// connection ends the session exactly like the daemon's PS_IOV_CLOSE,
+/// and the dump then reports "Lazy pages transfer finished successfully"
+/// and kills the source tasks — the container is lost on both sides
+/// (found by test_lazy_pages.py). So the dumping side asks CRIU to leave
+/// the tasks alive (they stay frozen by us) and waits, on the page
+/// server's own address, for the restoring side's verdict:
+/// `cntrlive-lazy ok` or `cntrlive-lazy failed REASON`, answered `ack`.
+/// Only after `ok` is the source killed; on `failed`, or no word by the
+/// deadline, it is thawed and runs on.
+pub const VERDICT_OK: &str = "cntrlive-lazy ok";
+pub const VERDICT_FAILED: &str = "cntrlive-lazy failed";
+/// How long the restoring side tries to deliver its verdict.
+pub const VERDICT_DELIVERY: Duration = Duration::from_secs(15);
+
+/// Dumping side: wait for the verdict on `address:port` until `deadline`.
+pub fn await_verdict(address: &str, port: u16, deadline: Instant) -> Result<(), String> {
+    use std::net::TcpListener;
+    let l = TcpListener::bind((address, port)).map_err(|e| {
+        format!("cannot listen on {address}:{port} for the restoring side's confirmation: {e}")
+    })?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    while Instant::now() < deadline {
+        match l.accept() {
+            Ok((mut conn, _)) => {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                let _ = BufReader::new(&mut conn).read_line(&mut line);
+                let line = line.trim();
+                if line == VERDICT_OK {
+                    let _ = conn.write_all(b"ack\n");
+                    return Ok(());
+                }
+                if let Some(why) = line.strip_prefix(VERDICT_FAILED) {
+                    let _ = conn.write_all(b"ack\n");
+                    return Err(format!("the restoring side failed:{why}"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("waiting for the restoring side's confirmation: {e}")),
+        }
+    }
+    Err("the restoring side did not confirm the transfer in time (--criu-timeout)".into())
+}
+
+/// Restoring side: deliver the verdict; true once the dumping side acked.
+fn deliver_verdict(source: &PageServer, line: &str) -> bool {
+    use std::net::TcpStream;
+    let until = Instant::now() + VERDICT_DELIVERY;
+    while Instant::now() < until {
+        if let Ok(mut c) = TcpStream::connect((source.address.as_str(), source.port)) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            if c.write_all(format!("{line}\n").as_bytes()).is_ok() {
+                let mut ack = String::new();
+                let _ = BufReader::new(&mut c).read_line(&mut ack);
+                if ack.trim() == "ack" {
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
