@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from faults import REAL_CRIU, criu_children_of, criu_procs, detach, kill_group, record, wait_gone, yard_mounts
+from faults import (REAL_CRIU, criu_children_of, criu_procs, detach, freezer_file, is_frozen, kill_group, record,
+                    wait_gone, yard_mounts)
 from helpers import OURS, Runtime, make_bundle, read_count, wait_for
 
 
@@ -406,3 +407,39 @@ def test_images_restore_under_the_other_runtime(dumper, restorer, tmp_path):
     finally:
         src.cleanup()
         dst.cleanup()
+
+
+def kernel_tracks_dirty_memory():
+    return subprocess.run([str(REAL_CRIU), "check", "--feature", "mem_dirty_track"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("args", [("--pre-dump",), ("--parent-path", "../pre1")], ids=["pre-dump", "parent-path"])
+def test_pre_copy_refused_without_dirty_memory_tracking(rt, tmp_path, args):
+    """This kernel has no CONFIG_MEM_SOFT_DIRTY: pre-copy is refused before
+    anything starts, naming the missing kernel feature; nothing is frozen
+    or written and the container runs on. (Pre-copy itself is tested on
+    the second kernel: test_second_kernel.py.)"""
+    if kernel_tracks_dirty_memory():
+        pytest.skip("this kernel tracks dirty memory: pre-copy is tested for real instead")
+    b = make_bundle(tmp_path / "b")
+    start_piped(rt, b)
+    (tmp_path / "pre1").mkdir()
+    img = tmp_path / "img"
+    p = rt.run("checkpoint", *args, "--image-path", img, "c1", check=False)
+    assert p.returncode != 0, f"{rt.name} accepted {args} on a kernel without soft-dirty"
+    if rt.name == "cntrlive":
+        assert "CONFIG_MEM_SOFT_DIRTY" in p.stderr and "--lazy-pages" in p.stderr, p.stderr
+        assert "Nothing was frozen" in p.stderr
+    assert not list(img.glob("*.img")) if img.exists() else True, "images written"
+    pid = rt.state("c1")["pid"]
+    assert rt.state("c1")["status"] == "running"
+    assert not is_frozen(freezer_file(pid)), "left frozen"
+    n = read_count(b)
+    wait_for(lambda: read_count(b) > n + 2, what="the container to go on counting")
+    if rt.name == "cntrlive":
+        # Our pre-copy in one session is refused the same way.
+        for more in (("--pre-dump-rounds", "2"), ("--until-converged",)):
+            p = rt.run("checkpoint", *more, "--image-path", img, "c1", check=False)
+            assert p.returncode != 0 and "CONFIG_MEM_SOFT_DIRTY" in p.stderr, p.stderr
+            assert rt.state("c1")["status"] == "running" and not is_frozen(freezer_file(pid))
