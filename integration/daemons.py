@@ -45,11 +45,15 @@ class Daemon:
 class Stack:
     """containerd (+ dockerd on demand) under /run/cntrlive-test-<pid>."""
 
-    def __init__(self, runtimes, name="a"):
+    def __init__(self, runtimes, name="a", runtime_args=None):
         # Two stacks are two "hosts": nothing shared but the kernel.
         tag = f"cntrlive-test-{os.getpid()}" + ("" if name == "a" else f"-{name}")
         self.run_dir = pathlib.Path("/run") / tag
-        self.data_dir = pathlib.Path("/var/lib") / tag
+        # CNTRLIVE_TEST_DATA_ROOT: inside the second kernel's VM, /var/lib
+        # is the host's 9p mount, which overlayfs cannot sit on.
+        self.data_dir = pathlib.Path(os.environ.get("CNTRLIVE_TEST_DATA_ROOT", "/var/lib")) / tag
+        # {runtime name: [args]}: dockerd's daemon.json runtimeArgs.
+        self.runtime_args = runtime_args or {}
         self.logs = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", "/var/tmp/cntrlive-test-logs"))
         if name != "a":
             self.logs = self.logs / name
@@ -147,7 +151,9 @@ class Stack:
 
     def start_dockerd(self):
         cfg = self.run_dir / "daemon.json"
-        cfg.write_text(json.dumps({"experimental": True}))
+        cfg.write_text(json.dumps({"experimental": True, "runtimes": {
+            self.runtime_name(n): {"path": p, "runtimeArgs": [str(a) for a in self.runtime_args[n]]}
+            for n, p in self.runtimes if n in self.runtime_args}}))
         argv = ["dockerd", "--data-root", str(self.data_dir / "docker"),
                 "--exec-root", str(self.run_dir / "docker"),
                 "--pidfile", str(self.run_dir / "docker.pid"),
@@ -155,7 +161,8 @@ class Stack:
                 "--bridge", "none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
                 "--config-file", str(cfg)]
         for name, path in self.runtimes:
-            argv += ["--add-runtime", f"{self.runtime_name(name)}={path}"]
+            if name not in self.runtime_args:
+                argv += ["--add-runtime", f"{self.runtime_name(name)}={path}"]
         self.dockerd = Daemon("dockerd", argv, self.logs / "dockerd.log")
 
         def up():

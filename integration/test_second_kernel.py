@@ -67,7 +67,7 @@ def guest_results():
     script.write_text(f"""#!/bin/sh
 exec </dev/null
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export CNTRLIVE_IN_VM=1 CNTRLIVE_VM_RESULTS={RESULTS}/data CNTRLIVE_TEST_RUNTIMES='{runtimes}'
+export CNTRLIVE_IN_VM=1 CNTRLIVE_VM_RESULTS={RESULTS}/data CNTRLIVE_TEST_RUNTIMES='{runtimes}' CNTRLIVE_TEST_DATA_ROOT=/var/tmp CNTRLIVE_TEST_LOGS={RESULTS}/logs
 cd {TOP}
 uname -r
 {sys.executable} -m pytest integration/vm -v -p no:cacheprovider \\

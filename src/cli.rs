@@ -54,6 +54,11 @@ pub struct GlobalOpts {
     #[arg(long, global = true, default_value = crate::criu::session::DEFAULT_TIMEOUT, value_name = "DURATION")]
     pub criu_timeout: String,
 
+    /// The runtime's configuration file (default /etc/cntrlive/config.json
+    /// when present): iterative checkpoints for daemons, see docs/pre-copy.md
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Enable systemd cgroup support (cgroupsPath is "slice:prefix:name")
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,

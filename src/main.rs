@@ -11,6 +11,7 @@ mod bundle;
 mod checkpoint;
 mod cli;
 mod commands;
+mod config;
 mod criu;
 mod logging;
 mod store;

@@ -138,9 +138,31 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let started = Instant::now();
     let mut opts = CheckpointOptions::from_args(&args)?;
+    let cfg = crate::config::Config::load(ctx.global.config.as_deref())?.checkpoint;
+    if cfg.pre_dump_on_leave_running
+        && args.leave_running
+        && !opts.pre_dump
+        && opts.rounds.is_none()
+        && !opts.common.lazy_pages
+    {
+        // docker's CLI has no --pre-dump (config.rs).
+        opts.pre_dump = true;
+        tracing::info!("--leave-running is a pre-dump (checkpoint.pre_dump_on_leave_running)");
+    }
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
     let mut c = ctx.store.load(&opts.id)?;
+    // checkpoint.auto_parent: the chain of this container's pre-dumps.
+    let chain = AutoChain {
+        dir: c.root.join("pre-copy"),
+        on: cfg.auto_parent && opts.parent_path.is_none() && opts.rounds.is_none(),
+    };
+    let newest = chain.newest();
+    if let (true, Some((_, dir))) = (chain.on && opts.pre_dump, &newest) {
+        // A pre-dump tracks memory against the newest one (absolute: a
+        // pre-dump is never restored or moved on its own).
+        opts.parent_path = Some(dir.clone());
+    }
     let id = opts.id.clone();
     match c.status() {
         ContainerStatus::Running | ContainerStatus::Paused => {}
@@ -215,6 +237,12 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     // Whatever was in the image dir is being replaced: from now until the
     // manifest is written, the directory must not look complete.
     images::invalidate(&opts.image_path);
+    if let (true, false, Some((n, _))) = (chain.on, opts.pre_dump, &newest) {
+        // The full checkpoint carries the chain inside its image dir, so
+        // it is self-contained wherever it is tarred or moved to.
+        chain.copy_into(&opts.image_path, *n)?;
+        opts.parent_path = Some(Rounds::dir(*n));
+    }
     write_descriptors(pid, &opts.image_path)?;
 
     let images_dir = File::open(&opts.image_path)
@@ -300,6 +328,13 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 })?;
             }
             janitor.disarm();
+            if chain.on {
+                if opts.pre_dump {
+                    chain.append(&opts.image_path, newest.as_ref().map_or(0, |(n, _)| *n))?;
+                } else {
+                    let _ = std::fs::remove_dir_all(&chain.dir);
+                }
+            }
             if !opts.leave_running {
                 // As runc: CRIU killed the container; remove it.
                 c.delete(true).with_context(|| {
@@ -346,6 +381,69 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             ))
         }
     }
+}
+
+/// `checkpoint.auto_parent` (config.rs): a container's pre-dumps, kept in
+/// its state dir as `pre-copy/pre-1` … `pre-N`, each `parent` link
+/// relative (`../pre-K`).
+struct AutoChain {
+    dir: PathBuf,
+    on: bool,
+}
+
+impl AutoChain {
+    /// The newest pre-dump: (N, its dir).
+    fn newest(&self) -> Option<(u32, PathBuf)> {
+        if !self.on {
+            return None;
+        }
+        (1..)
+            .map_while(|k| {
+                let d = self.dir.join(Rounds::dir(k));
+                d.is_dir().then_some((k, d))
+            })
+            .last()
+    }
+
+    /// Keep the pre-dump just written as pre-(n+1).
+    fn append(&self, images: &Path, n: u32) -> Result<()> {
+        let dst = self.dir.join(Rounds::dir(n + 1));
+        copy_images(images, &dst)?;
+        let link = dst.join("parent");
+        let _ = std::fs::remove_file(&link);
+        if n > 0 {
+            std::os::unix::fs::symlink(Path::new("..").join(Rounds::dir(n)), &link)?;
+        }
+        Ok(())
+    }
+
+    /// Copy pre-1 … pre-n into `images`.
+    fn copy_into(&self, images: &Path, n: u32) -> Result<()> {
+        for k in 1..=n {
+            let dst = images.join(Rounds::dir(k));
+            let _ = std::fs::remove_dir_all(&dst);
+            copy_images(&self.dir.join(Rounds::dir(k)), &dst)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy an image dir's files and symlinks (not CRIU's logs).
+fn copy_images(src: &Path, dst: &Path) -> Result<()> {
+    make_dir(dst, "pre-dump copy")?;
+    for e in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        let to = dst.join(&name);
+        let ft = e.file_type()?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &to)?;
+        } else if ft.is_file() && !name.to_string_lossy().ends_with(".log") {
+            std::fs::copy(e.path(), &to)
+                .with_context(|| format!("cannot copy {} to {}", e.path().display(), to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILL every process of a cgroup (v1 `cgroup.procs` of the freezer,

@@ -1,0 +1,84 @@
+//! The runtime's own configuration file (`--config`, default
+//! `/etc/cntrlive/config.json`): what a daemon that only knows runc's flags
+//! cannot ask for on the command line. dockerd users point at a file with
+//! `runtimeArgs` (`"runtimeArgs": ["--config", "/etc/cntrlive/pre-copy.json"]`)
+//! or use the default path.
+//!
+//! ```json
+//! { "checkpoint": { "pre_dump_on_leave_running": true, "auto_parent": true } }
+//! ```
+//! - `pre_dump_on_leave_running`: `checkpoint --leave-running` is a pre-dump
+//!   (memory only, tracked; the container runs on). docker's CLI has no
+//!   `--pre-dump`: `docker checkpoint create --leave-running c pre1` becomes one.
+//! - `auto_parent`: pre-dumps are kept in the container's state dir as a
+//!   chain; each pre-dump tracks memory against the newest, and the next
+//!   full checkpoint copies the chain into its image dir (`pre-1` … `pre-N`,
+//!   relative links) and writes only the pages dirtied since — a
+//!   self-contained checkpoint that docker and containerd can tar, move and
+//!   restore like any other.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/cntrlive/config.json";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    #[serde(default)]
+    pub pre_dump_on_leave_running: bool,
+    #[serde(default)]
+    pub auto_parent: bool,
+}
+
+impl Config {
+    /// `explicit`: the `--config` flag (must exist); otherwise the default
+    /// path, if present.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read the configuration {}", path.display()))
+            }
+        };
+        serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent)",
+                path.display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_ok_and_typo_ng() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.json");
+        std::fs::write(&p, br#"{"checkpoint":{"auto_parent":true}}"#).unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.checkpoint.auto_parent && !c.checkpoint.pre_dump_on_leave_running);
+        std::fs::write(&p, br#"{"checkpoint":{"auto_parents":true}}"#).unwrap();
+        assert!(Config::load(Some(&p)).is_err());
+        assert!(Config::load(Some(&d.path().join("missing"))).is_err());
+    }
+}
