@@ -206,3 +206,98 @@ def criu_pids_serving(port):
     out += subprocess.run(["ss", "-Htnp", f"sport = :{port}"], capture_output=True, text=True).stdout
     import re
     return {int(m) for m in re.findall(r"pid=(\d+)", out)}
+
+
+def test_lazy_migration_with_the_default_pipe_max_size(tmp_path):
+    """Regression: with fs.pipe-max-size at its 1 MiB default, CRIU's lazy
+    page server fails late ("splice: Bad file descriptor") and runc's
+    restoring side hung for minutes. Ours raises the limit before anything
+    starts, and the migration works. (runc is not run here: it hangs.)"""
+    from helpers import OURS, Runtime
+    knob = pathlib.Path("/proc/sys/fs/pipe-max-size")
+    saved = knob.read_text()
+    rt = Runtime(OURS, tmp_path / "state")
+    try:
+        knob.write_text("1048576")
+        b = make_memwriter_bundle(tmp_path / "b", MIB, RATE)
+        start(rt, b)
+        src, port = tmp_path / "src", free_port()
+        ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
+        assert int(knob.read_text()) >= 8 << 20, "fs.pipe-max-size was not raised"
+        at_dump = read_mem_status(b)
+        dst = copy_images(src, tmp_path / "dst")
+        b2 = tmp_path / "b2"
+        shutil.copytree(b, b2, symlinks=True)
+        rt.run_piped("restore", "-d", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
+                     "--image-path", dst, "--bundle", b2, "c2")
+        assert ck.wait(timeout=120) == 0, (tmp_path / "checkpoint.err").read_text()
+        wait_for(lambda: read_mem_status(b2)[0] > at_dump[0] + 100, timeout=30, what="restored memwriter")
+        assert read_mem_status(b2)[2] == 1
+    finally:
+        knob.write_text(saved)
+        rt.cleanup()
+
+
+def test_lazy_migration_when_the_network_is_cut(tmp_path):
+    """Ours, two "hosts" joined by a veth pair (the destination in a network
+    namespace of its own): the link goes down mid-transfer. No RST, no EOF:
+    both sides would wait forever without deadlines. With --criu-timeout
+    20s: the source's checkpoint fails within it and the source container
+    runs on, thawed, memory intact; the destination's supervisor kills the
+    restored container (its pages will never arrive)."""
+    from helpers import OURS, Runtime
+    ns, host_if, ns_if = f"cntl-{os.getpid()}", f"cl{os.getpid() % 100000}a", f"cl{os.getpid() % 100000}b"
+    src_ip, dst_ip = "10.231.0.1", "10.231.0.2"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        sh("ip", "link", "set", ns_if, "netns", ns)
+        sh("ip", "addr", "add", f"{src_ip}/24", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{dst_ip}/24", "dev", ns_if)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        timeout = ("--criu-timeout", "20s")
+        rt = Runtime(OURS, tmp_path / "state")
+        b = make_memwriter_bundle(tmp_path / "b", 1024, 0)
+        start(rt, b)
+        port = free_port()
+        r, w = os.pipe()
+        err = open(tmp_path / "checkpoint.err", "wb")
+        ck = subprocess.Popen(rt.argv("checkpoint", "--lazy-pages", "--page-server", f"{src_ip}:{port}",
+                                      "--status-fd", str(w), "--image-path", tmp_path / "src", "c1",
+                                      global_args=timeout),
+                              stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=(w,))
+        os.close(w)
+        assert os.read(r, 1) == b"\0", (tmp_path / "checkpoint.err").read_text()
+        os.close(r)
+        dst = copy_images(tmp_path / "src", tmp_path / "dst")
+        b2 = tmp_path / "b2"
+        shutil.copytree(b, b2, symlinks=True)
+        # The destination runtime (and its lazy-pages daemon) in the other netns.
+        # Pipes for stdio, as a shim gives (the container keeps them open).
+        rs = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", *rt.argv(
+            "restore", "-d", "--lazy-pages", "--page-server", f"{src_ip}:{port}", "--image-path", dst,
+            "--bundle", b2, "c2", global_args=timeout)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert rs.wait(timeout=60) == 0, "restore failed"
+        sh("ip", "link", "set", host_if, "down")
+        cut = time.monotonic()
+        rc = ck.wait(timeout=90)
+        took = time.monotonic() - cut
+        if rc == 0:
+            pytest.fail("the transfer finished before the cut; make the working set larger")
+        assert took < 20 + 15, f"the source took {took:.1f}s after the cut"
+        assert rt.state("c1")["status"] == "running", (tmp_path / "checkpoint.err").read_text()
+        n = read_mem_status(b)[0]
+        wait_for(lambda: read_mem_status(b)[0] > n + 20, timeout=10, what="source memwriter to go on")
+        assert read_mem_status(b)[2] == 1
+        result = dst / "lazy-pages.result"
+        wait_for(result.exists, timeout=60, what="the lazy-pages supervisor's verdict")
+        verdict = json.loads(result.read_text())
+        assert not verdict["ok"] and verdict["container_killed"], verdict
+        rt.cleanup()
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

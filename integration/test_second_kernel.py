@@ -105,7 +105,7 @@ echo $? > {RESULTS}/rc
     return results
 
 
-@pytest.mark.parametrize("inner", inner_tests())
+@pytest.mark.parametrize("inner", inner_tests(), ids=[i.split("/")[-1] for i in inner_tests()])
 def test_on_second_kernel(guest_results, inner):
     outcome, detail = guest_results.get(junit_key(inner), ("missing", "not in the VM's results"))
     assert outcome == "passed", f"{inner} inside the VM: {outcome}\n{detail[-4000:]}"

@@ -151,6 +151,9 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     }
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
+    if opts.common.lazy_pages {
+        ensure_pipe_max_size()?;
+    }
     let mut c = ctx.store.load(&opts.id)?;
     // checkpoint.auto_parent: the chain of this container's pre-dumps.
     let chain = AutoChain {
@@ -381,6 +384,38 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             ))
         }
     }
+}
+
+/// What CRIU's lazy page server needs of `fs.pipe-max-size`.
+const LAZY_PIPE_MAX: u64 = 8 << 20;
+const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
+
+/// CRIU's lazy page server sizes a pipe with F_SETPIPE_SZ to several MiB;
+/// without CAP_SYS_RESOURCE (this sandbox) that fails above
+/// `fs.pipe-max-size` (1 MiB by default), CRIU ignores the error and the
+/// transfer dies later with "page-pipe: splice: Bad file descriptor" — with
+/// runc the restoring side then hung for minutes (docs/environment.md).
+/// Raise the limit before anything starts, or refuse.
+fn ensure_pipe_max_size() -> Result<()> {
+    let read = || -> u64 {
+        std::fs::read_to_string(PIPE_MAX_SIZE)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let cur = read();
+    if cur >= LAZY_PIPE_MAX {
+        return Ok(());
+    }
+    let _ = std::fs::write(PIPE_MAX_SIZE, LAZY_PIPE_MAX.to_string());
+    if read() >= LAZY_PIPE_MAX {
+        tracing::info!(from = cur, to = LAZY_PIPE_MAX, "raised fs.pipe-max-size for CRIU's lazy page server");
+        return Ok(());
+    }
+    bail!(
+        "--lazy-pages needs fs.pipe-max-size >= {LAZY_PIPE_MAX} (it is {cur}) for CRIU's page server, and raising it failed: \
+         run `sysctl -w fs.pipe-max-size={LAZY_PIPE_MAX}` as root. Nothing was frozen."
+    )
 }
 
 /// `checkpoint.auto_parent` (config.rs): a container's pre-dumps, kept in
