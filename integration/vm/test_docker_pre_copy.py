@@ -26,26 +26,26 @@ def test_docker_leave_running_is_a_pre_dump_and_final_uses_it_as_parent(tmp_path
     try:
         s.start_containerd()
         s.start_dockerd()
-        s.docker("create", "--runtime", s.runtime_name("cntrlive"), "--network", "none", "--name", "c",
+        s.docker("create", "--runtime", s.runtime_name("cntrlive"), "--network", "none", "--name", "memw",
                  "busybox:local", "/bin/memwriter", MIB, RATE)
-        s.docker("cp", memwriter_binary(), "c:/bin/memwriter")
-        s.docker("start", "c")
+        s.docker("cp", memwriter_binary(), "memw:/bin/memwriter")
+        s.docker("start", "memw")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            p = s.docker("exec", "c", "cat", "/tmp/count", check=False)
+            p = s.docker("exec", "memw", "cat", "/tmp/count", check=False)
             if p.returncode == 0 and len(p.stdout.split()) == 3:
                 break
             time.sleep(1)
         for name in ("pre1", "pre2"):
-            s.docker("checkpoint", "create", "--leave-running", "c", name, timeout=600)
-            assert s.docker("inspect", "-f", "{{.State.Running}}", "c").stdout.strip() == "true"
+            s.docker("checkpoint", "create", "--leave-running", "memw", name, timeout=600)
+            assert s.docker("inspect", "-f", "{{.State.Running}}", "memw").stdout.strip() == "true"
             time.sleep(1)
-        before = status(s, "c")
-        s.docker("checkpoint", "create", "c", "final", timeout=600)
-        assert s.docker("inspect", "-f", "{{.State.Running}}", "c").stdout.strip() == "false"
+        before = status(s, "memw")
+        s.docker("checkpoint", "create", "memw", "final", timeout=600)
+        assert s.docker("inspect", "-f", "{{.State.Running}}", "memw").stdout.strip() == "false"
 
         root = s.docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
-        cid = s.docker("inspect", "-f", "{{.Id}}", "c").stdout.strip()
+        cid = s.docker("inspect", "-f", "{{.Id}}", "memw").stdout.strip()
         store = pathlib.Path(root) / "containers" / cid / "checkpoints"
         pre1 = json.loads((store / "pre1" / "cntrlive-manifest.json").read_text())
         assert pre1["kind"] == "pre-dump", pre1
@@ -57,13 +57,13 @@ def test_docker_leave_running_is_a_pre_dump_and_final_uses_it_as_parent(tmp_path
         full, last = pages(final / "pre-1"), pages(final)
         assert full >= MIB * 1024 * 1024 * 0.9 and last < full / 4, (full, last)
 
-        s.docker("start", "--checkpoint", "final", "c", timeout=600)
+        s.docker("start", "--checkpoint", "final", "memw", timeout=600)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and status(s, "c")[0] <= before[0] + 100:
+        while time.monotonic() < deadline and status(s, "memw")[0] <= before[0] + 100:
             time.sleep(1)
-        after = status(s, "c")
+        after = status(s, "memw")
         assert after[2] == 1, "restored memory is wrong"
         assert after[0] > before[0] + 100 and after[1] >= before[1], (before, after)
-        s.docker("rm", "-f", "c")
+        s.docker("rm", "-f", "memw")
     finally:
         s.stop()
