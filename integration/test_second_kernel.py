@@ -101,7 +101,12 @@ echo $? > {RESULTS}/rc
         key = (case.get("classname", "").split(".")[-1], case.get("name"))
         bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
         results[key] = (bad[0].tag, (bad[0].get("message") or "") + "\n" + (bad[0].text or "")) if bad else ("passed", "")
-    results["data"] = RESULTS / "data"
+    # Keep what the guest wrote beside the other test logs.
+    kept = LOGS / "second-kernel"
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(RESULTS, kept, symlinks=True, ignore_dangling_symlinks=True)
+    shutil.rmtree(RESULTS, ignore_errors=True)
+    results["data"] = kept / "data"
     return results
 
 

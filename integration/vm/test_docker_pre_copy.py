@@ -26,7 +26,9 @@ def test_docker_leave_running_is_a_pre_dump_and_final_uses_it_as_parent(tmp_path
     try:
         s.start_containerd()
         s.start_dockerd()
+        # The Debian kernel has AppArmor on, without apparmor_parser installed.
         s.docker("create", "--runtime", s.runtime_name("cntrlive"), "--network", "none", "--name", "memw",
+                 "--security-opt", "apparmor=unconfined",
                  "busybox:local", "/bin/memwriter", MIB, RATE)
         s.docker("cp", memwriter_binary(), "memw:/bin/memwriter")
         s.docker("start", "memw")
