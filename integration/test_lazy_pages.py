@@ -301,3 +301,40 @@ def test_lazy_migration_when_the_network_is_cut(tmp_path):
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_lazy_migration_to_runc_with_no_lazy_confirm(tmp_path):
+    """Interop: our lazy checkpoint with --no-lazy-confirm, restored by runc
+    with a hand-started lazy-pages daemon (runc's documented way). Nothing
+    confirms, so the source ends when CRIU says the transfer finished."""
+    import shutil as sh
+    from helpers import OURS, Runtime
+    runc = sh.which("runc") or "/usr/sbin/runc"
+    ours, theirs = Runtime(OURS, tmp_path / "ours"), Runtime(runc, tmp_path / "runc")
+    try:
+        b = make_memwriter_bundle(tmp_path / "b", MIB, RATE)
+        start(ours, b)
+        src, port = tmp_path / "src", free_port()
+        r, w = os.pipe()
+        err = open(tmp_path / "checkpoint.err", "wb")
+        ck = subprocess.Popen(ours.argv("checkpoint", "--lazy-pages", "--no-lazy-confirm", "--page-server",
+                                        f"127.0.0.1:{port}", "--status-fd", str(w), "--image-path", src, "c1"),
+                              stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=(w,))
+        os.close(w)
+        assert os.read(r, 1) == b"\0", (tmp_path / "checkpoint.err").read_text()
+        os.close(r)
+        at_dump = read_mem_status(b)
+        dst = copy_images(src, tmp_path / "dst")
+        b2 = tmp_path / "b2"
+        shutil.copytree(b, b2, symlinks=True)
+        lazy_restore(theirs, dst, b2, port, tmp_path)
+        assert ck.wait(timeout=120) == 0, (tmp_path / "checkpoint.err").read_text()
+        assert ours.run("state", "c1", check=False).returncode != 0, "source container still registered"
+        wait_for(lambda: read_mem_status(b2)[0] > at_dump[0] + 100, timeout=30, what="restored memwriter")
+        assert read_mem_status(b2)[2] == 1
+        theirs.run("delete", "--force", "c2")
+        for d in getattr(theirs, "_daemons", []):
+            d.wait(timeout=30)
+    finally:
+        ours.cleanup()
+        theirs.cleanup()

@@ -302,6 +302,7 @@ mod tests {
             no_subreaper: true,
             lsm_profile: None,
             lsm_mount_context: None,
+            page_server: None,
             common: CriuCommon::default(),
         };
         let f = RestoreFacts {
