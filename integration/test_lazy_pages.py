@@ -341,3 +341,37 @@ def test_lazy_migration_to_runc_with_no_lazy_confirm(tmp_path):
     finally:
         ours.cleanup()
         theirs.cleanup()
+
+
+def test_attached_lazy_restore_says_why_it_was_killed(tmp_path):
+    """Ours, attached restore (no -d): the source dies mid-transfer; the
+    restore exits with the container's status (137: killed by the
+    supervisor) and says that post-copy failed and why."""
+    from helpers import OURS, Runtime
+    rt = Runtime(OURS, tmp_path / "state")
+    try:
+        b = make_memwriter_bundle(tmp_path / "b", 512, 0)
+        start(rt, b)
+        src, port = tmp_path / "src", free_port()
+        ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
+        dst = copy_images(src, tmp_path / "dst")
+        b2 = tmp_path / "b2"
+        shutil.copytree(b, b2, symlinks=True)
+        err = open(tmp_path / "restore.err", "wb")
+        rs = subprocess.Popen(rt.argv("restore", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
+                                      "--image-path", dst, "--bundle", b2, "c2"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        wait_for(lambda: (dst / "lazy-pages.socket").exists(), timeout=30, what="the lazy-pages daemon")
+        wait_for(lambda: rt.run("state", "c2", check=False).returncode == 0, timeout=30, what="c2 restored")
+        os.kill(ck.pid, signal.SIGKILL)
+        for pid in criu_pids_serving(port):
+            os.kill(pid, signal.SIGKILL)
+        rc = rs.wait(timeout=120)
+        text = (tmp_path / "restore.err").read_text()
+        verdict = json.loads((dst / "lazy-pages.result").read_text())
+        if verdict["ok"]:
+            pytest.fail("the transfer finished before the source was killed; make the working set larger")
+        assert rc == 137, (rc, text)
+        assert "post-copy failed" in text, text
+    finally:
+        rt.cleanup()

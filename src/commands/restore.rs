@@ -436,5 +436,11 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     if let Ok(mut c) = ctx.store.load(&id) {
         let _ = c.delete(true);
     }
+    if o.page_server.is_some() && status == 128 + libc::SIGKILL {
+        // Killed by our lazy-pages supervisor? Say why, not just "137".
+        if let Some(why) = crate::criu::lazy::failure(&o.work_path, std::time::Duration::from_secs(2)) {
+            tracing::error!("post-copy failed, so the restored container \"{id}\" was killed: {why}");
+        }
+    }
     Ok(status)
 }

@@ -381,3 +381,19 @@ fn deliver_verdict(source: &PageServer, line: &str) -> bool {
     false
 }
 
+/// The supervisor's reason when it killed the restored container (waiting
+/// up to `wait` for it to write its verdict); None when the transfer went
+/// well or no verdict came.
+pub fn failure(work: &Path, wait: Duration) -> Option<String> {
+    let path = work.join(RESULT_FILE);
+    let until = Instant::now() + wait;
+    while !path.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    if v.get("container_killed")?.as_bool()? {
+        Some(v.get("detail")?.as_str()?.to_string())
+    } else {
+        None
+    }
+}
