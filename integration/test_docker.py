@@ -134,6 +134,15 @@ def test_docker_checkpoint_and_start_same_container(dk):
         stack.docker("rm", "-f", cname, check=False)
 
 
+def twin_from_checkpoint(stack, name, runtime, images):
+    """`docker create` a counter container `name` on `stack`, put the
+    checkpoint `images` into its store and start it from there."""
+    stack.docker("create", "--name", name, "--runtime", runtime, "--network", "none",
+                 "busybox:local", "sh", "-c", COUNTER_SH)
+    stack.adopt_checkpoint(name, images, "mig")
+    start_from_checkpoint(stack, name, "mig")
+
+
 def test_docker_checkpoint_into_another_container(dk, tmp_path):
     """Checkpoint A to --checkpoint-dir, restore as a new container B."""
     stack, runtime, cname = dk
@@ -142,10 +151,7 @@ def test_docker_checkpoint_into_another_container(dk, tmp_path):
     try:
         stack.docker("checkpoint", "create", "--checkpoint-dir", tmp_path / "cps", a, "mig")
         at_dump = int(stack.docker("logs", a).stdout.split()[-1])
-        stack.docker("create", "--name", b, "--runtime", runtime, "--network", "none",
-                     "busybox:local", "sh", "-c", COUNTER_SH)
-        stack.adopt_checkpoint(b, tmp_path / "cps" / "mig", "mig")
-        start_from_checkpoint(stack, b, "mig")
+        twin_from_checkpoint(stack, b, runtime, tmp_path / "cps" / "mig")
         assert_continues(stack, b, at_dump)
         assert docker_count(stack, b) > at_dump
         assert "exec-ok" in stack.docker("exec", b, "echo", "exec-ok").stdout
@@ -161,10 +167,7 @@ def test_docker_migrate_between_two_daemons(dk, docker_stack_b, tmp_path):
     try:
         src.docker("checkpoint", "create", "--checkpoint-dir", tmp_path / "cps", cname, "mig")
         at_dump = int(src.docker("logs", cname).stdout.split()[-1])
-        dst.docker("create", "--name", cname, "--runtime", runtime, "--network", "none",
-                   "busybox:local", "sh", "-c", COUNTER_SH)
-        dst.adopt_checkpoint(cname, tmp_path / "cps" / "mig", "mig")
-        start_from_checkpoint(dst, cname, "mig")
+        twin_from_checkpoint(dst, cname, runtime, tmp_path / "cps" / "mig")
         assert_continues(dst, cname, at_dump)
         # Fully managed by the second daemon: logs, exec, checkpoint again, stop, rm.
         assert "on-b" in dst.docker("exec", cname, "echo", "on-b").stdout

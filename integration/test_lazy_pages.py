@@ -35,13 +35,13 @@ def start(rt, b, cid="c1"):
     wait_for(lambda: read_mem_status(b)[0] > 20, timeout=30, what="memwriter to start")
 
 
-def lazy_checkpoint(rt, cid, img, port, tmp_path):
+def lazy_checkpoint(rt, cid, img, port, tmp_path, addr="127.0.0.1", extra=(), global_args=()):
     """Start the dumping side; return once its page server is ready
     (CRIU writes to --status-fd)."""
     r, w = os.pipe()
     err = open(tmp_path / "checkpoint.err", "wb")
-    p = subprocess.Popen(rt.argv("checkpoint", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
-                                 "--status-fd", str(w), "--image-path", img, cid),
+    p = subprocess.Popen(rt.argv("checkpoint", "--lazy-pages", *extra, "--page-server", f"{addr}:{port}",
+                                 "--status-fd", str(w), "--image-path", img, cid, global_args=global_args),
                          stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=(w,))
     os.close(w)
     import select
@@ -50,6 +50,22 @@ def lazy_checkpoint(rt, cid, img, port, tmp_path):
     os.close(r)
     assert got == b"\0", f"the lazy checkpoint never became ready: {(tmp_path / 'checkpoint.err').read_text()}"
     return p
+
+
+class Move:
+    """A container being moved by post-copy: source bundle `b` running
+    `c1`, a lazy checkpoint `ck` serving on `port`, its images copied to
+    `dst` and the bundle to `b2` (the destination's view)."""
+
+    def __init__(self, rt, tmp_path, mib, rate, **checkpoint_args):
+        self.b = make_memwriter_bundle(tmp_path / "b", mib, rate)
+        start(rt, self.b)
+        self.src, self.port = tmp_path / "src", free_port()
+        self.ck = lazy_checkpoint(rt, "c1", self.src, self.port, tmp_path, **checkpoint_args)
+        self.at_dump = read_mem_status(self.b)
+        self.dst = copy_images(self.src, tmp_path / "dst")
+        self.b2 = tmp_path / "b2"
+        shutil.copytree(self.b, self.b2, symlinks=True)
 
 
 def copy_images(src, dst):
@@ -73,17 +89,11 @@ def lazy_restore(rt, img, b2, port, tmp_path, cid="c2"):
 
 
 def test_lazy_migration_restores_before_memory_arrives(rt, tmp_path):
-    b = make_memwriter_bundle(tmp_path / "b", 256, RATE)
-    start(rt, b)
-    src, port = tmp_path / "src", free_port()
-    ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
+    m = Move(rt, tmp_path, 256, RATE)
+    b2, dst, port, ck, at_dump = m.b2, m.dst, m.port, m.ck, m.at_dump
     # Only the non-memory images were written: the pages are still on the source.
-    pages = sum(f.stat().st_size for f in src.glob("pages-*.img"))
+    pages = sum(f.stat().st_size for f in m.src.glob("pages-*.img"))
     assert pages < 256 * 1024 * 1024 / 8, f"a lazy dump wrote {pages} bytes of pages"
-    at_dump = read_mem_status(b)
-    dst = copy_images(src, tmp_path / "dst")
-    b2 = tmp_path / "b2"
-    shutil.copytree(b, b2, symlinks=True)
     try:
         lazy_restore(rt, dst, b2, port, tmp_path)
     except AssertionError:
@@ -126,13 +136,8 @@ def test_lazy_restore_when_the_source_dies_mid_transfer(tmp_path):
     from helpers import OURS, Runtime
     rt = Runtime(OURS, tmp_path / "state")
     try:
-        b = make_memwriter_bundle(tmp_path / "b", 512, 0)
-        start(rt, b)
-        src, port = tmp_path / "src", free_port()
-        ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
-        dst = copy_images(src, tmp_path / "dst")
-        b2 = tmp_path / "b2"
-        shutil.copytree(b, b2, symlinks=True)
+        m = Move(rt, tmp_path, 512, 0)
+        b, b2, dst, port, ck = m.b, m.b2, m.dst, m.port, m.ck
         # Kill the source's CRIU (the page server) right after the restore starts.
         rt.run_piped("restore", "-d", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
                      "--image-path", dst, "--bundle", b2, "c2")
@@ -163,13 +168,8 @@ def test_lazy_checkpoint_when_the_destination_dies_mid_transfer(rt, tmp_path):
     the source frozen until the restoring side confirms, so the checkpoint
     fails within its deadline and the source runs on, unfrozen, memory
     intact; the destination's copy is killed by our supervisor."""
-    b = make_memwriter_bundle(tmp_path / "b", 512, 0)
-    start(rt, b)
-    src, port = tmp_path / "src", free_port()
-    ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
-    dst = copy_images(src, tmp_path / "dst")
-    b2 = tmp_path / "b2"
-    shutil.copytree(b, b2, symlinks=True)
+    m = Move(rt, tmp_path, 512, 0)
+    b, b2, dst, port, ck = m.b, m.b2, m.dst, m.port, m.ck
     lazy_restore(rt, dst, b2, port, tmp_path)
     daemons = [pid for pid in criu_pids_connected_to(port) if pid != ck.pid]
     assert daemons, "no lazy-pages daemon connected to the page server"
@@ -222,15 +222,9 @@ def test_lazy_migration_with_the_default_pipe_max_size(tmp_path):
     rt = Runtime(OURS, tmp_path / "state")
     try:
         knob.write_text("1048576")
-        b = make_memwriter_bundle(tmp_path / "b", MIB, RATE)
-        start(rt, b)
-        src, port = tmp_path / "src", free_port()
-        ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
+        m = Move(rt, tmp_path, MIB, RATE)
+        b2, dst, port, ck, at_dump = m.b2, m.dst, m.port, m.ck, m.at_dump
         assert int(knob.read_text()) >= 8 << 20, "fs.pipe-max-size was not raised"
-        at_dump = read_mem_status(b)
-        dst = copy_images(src, tmp_path / "dst")
-        b2 = tmp_path / "b2"
-        shutil.copytree(b, b2, symlinks=True)
         rt.run_piped("restore", "-d", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
                      "--image-path", dst, "--bundle", b2, "c2")
         assert ck.wait(timeout=120) == 0, (tmp_path / "checkpoint.err").read_text()
@@ -263,21 +257,8 @@ def test_lazy_migration_when_the_network_is_cut(tmp_path):
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         timeout = ("--criu-timeout", "20s")
         rt = Runtime(OURS, tmp_path / "state")
-        b = make_memwriter_bundle(tmp_path / "b", 1024, 0)
-        start(rt, b)
-        port = free_port()
-        r, w = os.pipe()
-        err = open(tmp_path / "checkpoint.err", "wb")
-        ck = subprocess.Popen(rt.argv("checkpoint", "--lazy-pages", "--page-server", f"{src_ip}:{port}",
-                                      "--status-fd", str(w), "--image-path", tmp_path / "src", "c1",
-                                      global_args=timeout),
-                              stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=(w,))
-        os.close(w)
-        assert os.read(r, 1) == b"\0", (tmp_path / "checkpoint.err").read_text()
-        os.close(r)
-        dst = copy_images(tmp_path / "src", tmp_path / "dst")
-        b2 = tmp_path / "b2"
-        shutil.copytree(b, b2, symlinks=True)
+        m = Move(rt, tmp_path, 1024, 0, addr=src_ip, global_args=timeout)
+        b, b2, dst, port, ck = m.b, m.b2, m.dst, m.port, m.ck
         # The destination runtime (and its lazy-pages daemon) in the other netns.
         # Pipes for stdio, as a shim gives (the container keeps them open).
         rs = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", *rt.argv(
@@ -315,21 +296,8 @@ def test_lazy_migration_to_runc_with_no_lazy_confirm(tmp_path):
     runc = sh.which("runc") or "/usr/sbin/runc"
     ours, theirs = Runtime(OURS, tmp_path / "ours"), Runtime(runc, tmp_path / "runc")
     try:
-        b = make_memwriter_bundle(tmp_path / "b", MIB, RATE)
-        start(ours, b)
-        src, port = tmp_path / "src", free_port()
-        r, w = os.pipe()
-        err = open(tmp_path / "checkpoint.err", "wb")
-        ck = subprocess.Popen(ours.argv("checkpoint", "--lazy-pages", "--no-lazy-confirm", "--page-server",
-                                        f"127.0.0.1:{port}", "--status-fd", str(w), "--image-path", src, "c1"),
-                              stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=(w,))
-        os.close(w)
-        assert os.read(r, 1) == b"\0", (tmp_path / "checkpoint.err").read_text()
-        os.close(r)
-        at_dump = read_mem_status(b)
-        dst = copy_images(src, tmp_path / "dst")
-        b2 = tmp_path / "b2"
-        shutil.copytree(b, b2, symlinks=True)
+        m = Move(ours, tmp_path, MIB, RATE, extra=("--no-lazy-confirm",))
+        b2, dst, port, ck, at_dump = m.b2, m.dst, m.port, m.ck, m.at_dump
         lazy_restore(theirs, dst, b2, port, tmp_path)
         assert ck.wait(timeout=120) == 0, (tmp_path / "checkpoint.err").read_text()
         assert ours.run("state", "c1", check=False).returncode != 0, "source container still registered"
@@ -350,13 +318,8 @@ def test_attached_lazy_restore_says_why_it_was_killed(tmp_path):
     from helpers import OURS, Runtime
     rt = Runtime(OURS, tmp_path / "state")
     try:
-        b = make_memwriter_bundle(tmp_path / "b", 512, 0)
-        start(rt, b)
-        src, port = tmp_path / "src", free_port()
-        ck = lazy_checkpoint(rt, "c1", src, port, tmp_path)
-        dst = copy_images(src, tmp_path / "dst")
-        b2 = tmp_path / "b2"
-        shutil.copytree(b, b2, symlinks=True)
+        m = Move(rt, tmp_path, 512, 0)
+        b, b2, dst, port, ck = m.b, m.b2, m.dst, m.port, m.ck
         err = open(tmp_path / "restore.err", "wb")
         rs = subprocess.Popen(rt.argv("restore", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
                                       "--image-path", dst, "--bundle", b2, "c2"),

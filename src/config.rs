@@ -54,7 +54,8 @@ impl Config {
                 return Ok(Config::default())
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read the configuration {}", path.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot read the configuration {}", path.display()))
             }
         };
         serde_json::from_slice(&text).with_context(|| {

@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(check_chain(&top).unwrap(), 2);
         std::fs::remove_dir_all(d.path().join("pre1")).unwrap();
         let e = check_chain(&fin).unwrap_err().to_string();
-        assert!(e.contains("chain is broken") && e.contains("../pre1"), "{e}");
+        assert!(
+            e.contains("chain is broken") && e.contains("../pre1"),
+            "{e}"
+        );
         std::fs::create_dir_all(d.path().join("pre1")).unwrap();
         let e = check_chain(&fin).unwrap_err().to_string();
         assert!(e.contains("holds no memory images"), "{e}");

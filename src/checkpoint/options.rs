@@ -140,12 +140,14 @@ impl Rounds {
     /// the one before wrote `prev`; None: go on.
     pub fn converged(prev: Option<u64>, now: u64) -> Option<String> {
         if now <= CONVERGED_PAGES {
-            return Some(format!("dirty set is small ({now} pages <= {CONVERGED_PAGES})"));
+            return Some(format!(
+                "dirty set is small ({now} pages <= {CONVERGED_PAGES})"
+            ));
         }
         match prev {
-            Some(p) if now * 10 >= p * 9 => Some(format!(
-                "dirty set stopped shrinking ({p} -> {now} pages)"
-            )),
+            Some(p) if now * 10 >= p * 9 => {
+                Some(format!("dirty set stopped shrinking ({p} -> {now} pages)"))
+            }
             _ => None,
         }
     }

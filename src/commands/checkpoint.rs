@@ -191,10 +191,16 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
     // Post-copy without --status-fd: CRIU tells us when its page server
     // is ready, and we tell the user (stderr), who can start the restore.
-    let ready = match (&opts.page_server, opts.common.lazy_pages && opts.status_fd.is_none()) {
+    let ready = match (
+        &opts.page_server,
+        opts.common.lazy_pages && opts.status_fd.is_none(),
+    ) {
         (Some(ps), true) => {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::empty())?;
-            nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+            nix::fcntl::fcntl(
+                r.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
             opts.status_fd = Some(w.as_raw_fd());
             Some((r, w, format!("{}:{}", ps.address, ps.port)))
         }
@@ -284,7 +290,12 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
             pre_copy = run_rounds(&mut session, &opts, rounds, &facts, &work_dir, &manifest)?;
             final_opts.parent_path = pre_copy.rounds.last().map(|r| Rounds::dir(r.round));
         }
-        let req = dump_request(&final_opts, &facts, images_dir.as_raw_fd(), work_dir.as_raw_fd());
+        let req = dump_request(
+            &final_opts,
+            &facts,
+            images_dir.as_raw_fd(),
+            work_dir.as_raw_fd(),
+        );
         // A pre-dump thaws the container as soon as its memory is collected
         // (CRIU leaves a cgroup it found frozen frozen): only a dump is
         // frozen by us.
@@ -303,7 +314,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         if opts.lazy_confirm {
             // Post-copy: CRIU left the tasks alive and frozen; only the
             // restoring side's word says whether it has every page.
-            let ps = opts.page_server.as_ref().context("--lazy-pages without --page-server")?;
+            let ps = opts
+                .page_server
+                .as_ref()
+                .context("--lazy-pages without --page-server")?;
             lazy::await_verdict(&ps.address, ps.port, Instant::now() + criu_timeout(ctx)?)
                 .map_err(|why| anyhow::anyhow!("post-copy migration did not complete: {why}"))?;
             if !opts.leave_running {
@@ -362,8 +376,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                     report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
                 }
                 let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
-                report.runtime_overhead_ms =
-                    ((report.runtime_overhead_ms - rounds_ms) * 1e3).round().max(0.0) / 1e3;
+                report.runtime_overhead_ms = ((report.runtime_overhead_ms - rounds_ms) * 1e3)
+                    .round()
+                    .max(0.0)
+                    / 1e3;
                 report.rounds = pre_copy.rounds;
                 report.pre_copy_stopped = pre_copy.stopped;
                 println!("{}", report.render(format));
@@ -409,7 +425,11 @@ fn ensure_pipe_max_size() -> Result<()> {
     }
     let _ = std::fs::write(PIPE_MAX_SIZE, LAZY_PIPE_MAX.to_string());
     if read() >= LAZY_PIPE_MAX {
-        tracing::info!(from = cur, to = LAZY_PIPE_MAX, "raised fs.pipe-max-size for CRIU's lazy page server");
+        tracing::info!(
+            from = cur,
+            to = LAZY_PIPE_MAX,
+            "raised fs.pipe-max-size for CRIU's lazy page server"
+        );
         return Ok(());
     }
     bail!(
@@ -474,8 +494,9 @@ fn copy_images(src: &Path, dst: &Path) -> Result<()> {
         if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &to)?;
         } else if ft.is_file() && !name.to_string_lossy().ends_with(".log") {
-            std::fs::copy(e.path(), &to)
-                .with_context(|| format!("cannot copy {} to {}", e.path().display(), to.display()))?;
+            std::fs::copy(e.path(), &to).with_context(|| {
+                format!("cannot copy {} to {}", e.path().display(), to.display())
+            })?;
         }
     }
     Ok(())
@@ -486,7 +507,10 @@ fn copy_images(src: &Path, dst: &Path) -> Result<()> {
 fn kill_all_in(cgroup: &Path) {
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -535,7 +559,8 @@ fn run_rounds(
         } else {
             Some(Path::new("..").join(Rounds::dir(k - 1)))
         };
-        let images = File::open(&dir).with_context(|| format!("failed to open {}", dir.display()))?;
+        let images =
+            File::open(&dir).with_context(|| format!("failed to open {}", dir.display()))?;
         let mut req = dump_request(&o, facts, images.as_raw_fd(), work_dir.as_raw_fd());
         if let Some(ro) = req.opts.as_mut() {
             ro.log_file = Some(format!("pre-dump-{k}.log"));
@@ -551,7 +576,12 @@ fn run_rounds(
         out.cumulative = total;
         manifest("pre-dump", o.parent_path.clone()).write(&dir)?;
         let pages = st.pages_written;
-        tracing::info!(round = k, pages, ms = took.as_millis() as u64, "pre-dump round done");
+        tracing::info!(
+            round = k,
+            pages,
+            ms = took.as_millis() as u64,
+            "pre-dump round done"
+        );
         out.rounds.push(stats::RoundReport::new(k, &dir, took, &st));
         if rounds.until_converged {
             if let Some(why) = Rounds::converged(prev_pages, pages) {

@@ -31,8 +31,8 @@ use crate::checkpoint::request::{restore_request, RestoreFacts};
 use crate::cli::RestoreArgs;
 use crate::criu::cancel;
 use crate::criu::gates;
-use crate::criu::lazy::LazyPages;
 use crate::criu::janitor::{Action, Janitor};
+use crate::criu::lazy::LazyPages;
 use crate::criu::session::{Notify, NotifyOutcome};
 
 /// Answers CRIU's notifications during a restore.
@@ -438,8 +438,12 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     }
     if o.page_server.is_some() && status == 128 + libc::SIGKILL {
         // Killed by our lazy-pages supervisor? Say why, not just "137".
-        if let Some(why) = crate::criu::lazy::failure(&o.work_path, std::time::Duration::from_secs(2)) {
-            tracing::error!("post-copy failed, so the restored container \"{id}\" was killed: {why}");
+        if let Some(why) =
+            crate::criu::lazy::failure(&o.work_path, std::time::Duration::from_secs(2))
+        {
+            tracing::error!(
+                "post-copy failed, so the restored container \"{id}\" was killed: {why}"
+            );
         }
     }
     Ok(status)

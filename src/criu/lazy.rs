@@ -23,7 +23,7 @@
 //! runc leaves all of this to the user (`criu lazy-pages` by hand).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -59,24 +59,6 @@ pub struct Outcome {
     pub elapsed_ms: u128,
     pub detail: String,
     pub container_killed: bool,
-}
-
-fn read_line(f: &mut File) -> Option<String> {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match f.read(&mut b) {
-            Ok(1) if b[0] == b'\n' => break,
-            Ok(1) => out.push(b[0]),
-            _ => {
-                if out.is_empty() {
-                    return None;
-                }
-                break;
-            }
-        }
-    }
-    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl LazyPages {
@@ -132,14 +114,17 @@ impl LazyPages {
             ForkResult::Parent { child } => {
                 drop(status_w);
                 drop(control_r);
-                let mut status = File::from(status_r);
-                let line = read_line(&mut status).unwrap_or_default();
+                let mut line = String::new();
+                let _ = BufReader::new(File::from(status_r)).read_line(&mut line);
+                let line = line.trim_end().to_string();
                 let lp = LazyPages {
                     supervisor: child,
                     control: Some(File::from(control_w)),
                 };
                 if line != "ready" {
-                    let why = line.strip_prefix("failed ").unwrap_or("the supervisor died");
+                    let why = line
+                        .strip_prefix("failed ")
+                        .unwrap_or("the supervisor died");
                     drop(lp);
                     anyhow::bail!(
                         "CRIU's lazy-pages daemon did not start: {why}{}",
@@ -184,7 +169,10 @@ fn wait_exit(pid: Pid, until: Instant) -> Option<WaitStatus> {
             return None;
         }
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(left.as_millis().min(1000) as u16));
+        let _ = poll(
+            &mut fds,
+            PollTimeout::from(left.as_millis().min(1000) as u16),
+        );
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             return waitpid(pid, None).ok();
         }
@@ -200,7 +188,12 @@ fn supervise(
     control: File,
 ) -> i32 {
     let _ = setsid();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: ignoring signals in the supervisor.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn) };
     }
@@ -240,7 +233,10 @@ fn supervise(
     let mut control = BufReader::new(control);
     let mut line = String::new();
     let container = match control.read_line(&mut line) {
-        Ok(n) if n > 0 => line.trim().strip_prefix("container ").and_then(|p| p.parse::<i32>().ok()),
+        Ok(n) if n > 0 => line
+            .trim()
+            .strip_prefix("container ")
+            .and_then(|p| p.parse::<i32>().ok()),
         _ => None,
     };
     let mut outcome = Outcome {
@@ -255,7 +251,8 @@ fn supervise(
         None => {
             let _ = kill(daemon, Signal::SIGKILL);
             let _ = waitpid(daemon, None);
-            outcome.detail = "the restore did not complete; the lazy-pages daemon was killed".into();
+            outcome.detail =
+                "the restore did not complete; the lazy-pages daemon was killed".into();
         }
         Some(pid) => {
             let exit = wait_exit(daemon, started + deadline);
@@ -267,7 +264,10 @@ fn supervise(
                     Some(format!("not every page arrived within {deadline:?} (--criu-timeout); the daemon was killed"))
                 }
                 Some(WaitStatus::Exited(_, 0)) if clean => None,
-                Some(WaitStatus::Exited(_, code)) => Some(format!("the daemon exited with status {code}{}", render(work))),
+                Some(WaitStatus::Exited(_, code)) => Some(format!(
+                    "the daemon exited with status {code}{}",
+                    render(work)
+                )),
                 Some(other) => Some(format!("the daemon ended: {other:?}{}", render(work))),
             };
             let failed = match failed {
@@ -281,7 +281,8 @@ fn supervise(
             match failed {
                 None => {
                     outcome.ok = true;
-                    outcome.detail = "every page was transferred; the dumping side confirmed".into();
+                    outcome.detail =
+                        "every page was transferred; the dumping side confirmed".into();
                 }
                 Some(why) => {
                     // Its missing pages will never arrive (or the source
@@ -355,7 +356,11 @@ pub fn await_verdict(address: &str, port: u16, deadline: Instant) -> Result<(), 
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(format!("waiting for the restoring side's confirmation: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "waiting for the restoring side's confirmation: {e}"
+                ))
+            }
         }
     }
     Err("the restoring side did not confirm the transfer in time (--criu-timeout)".into())

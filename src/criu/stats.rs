@@ -40,17 +40,23 @@ impl DumpStats {
     /// difference from the previous file.
     pub fn since(&self, before: &DumpStats) -> DumpStats {
         DumpStats {
-            freezing_time_us: self.freezing_time_us.saturating_sub(before.freezing_time_us),
+            freezing_time_us: self
+                .freezing_time_us
+                .saturating_sub(before.freezing_time_us),
             frozen_time_us: self.frozen_time_us.saturating_sub(before.frozen_time_us),
             memdump_time_us: self.memdump_time_us.saturating_sub(before.memdump_time_us),
-            memwrite_time_us: self.memwrite_time_us.saturating_sub(before.memwrite_time_us),
+            memwrite_time_us: self
+                .memwrite_time_us
+                .saturating_sub(before.memwrite_time_us),
             pages_scanned: self.pages_scanned.saturating_sub(before.pages_scanned),
             pages_skipped_parent: self
                 .pages_skipped_parent
                 .saturating_sub(before.pages_skipped_parent),
             pages_written: self.pages_written.saturating_sub(before.pages_written),
             pages_lazy: self.pages_lazy.saturating_sub(before.pages_lazy),
-            irmap_resolve_us: self.irmap_resolve_us.saturating_sub(before.irmap_resolve_us),
+            irmap_resolve_us: self
+                .irmap_resolve_us
+                .saturating_sub(before.irmap_resolve_us),
         }
     }
 }
