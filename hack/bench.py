@@ -109,6 +109,19 @@ def med(xs):
     return statistics.median(xs)
 
 
+def write_section(doc, name, lines):
+    """Replace (or append) the `<!-- bench:NAME:start/end -->` block of `doc`."""
+    doc = pathlib.Path(doc)
+    body = doc.read_text() if doc.exists() else ""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    block = "\n".join([start, *lines, end])
+    if start in body and end in body:
+        body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body = body + "\n" + block + "\n"
+    doc.write_text(body)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=40)
@@ -184,21 +197,14 @@ def main():
     text = "\n".join(table)
     print(text)
     out = pathlib.Path(a.out)
-    body = out.read_text() if out.exists() else ""
-    start, end = "<!-- bench:lifecycle:start -->", "<!-- bench:lifecycle:end -->"
-    section = (f"{start}\n"
-               f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
-               f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
-               f"interleaved (each round runs both runtimes, alternating which goes first).\n"
-               f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
-               f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
-               f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds} --cr-rounds {a.cr_rounds}`)\n\n"
-               f"{text}\n{end}")
-    if start in body and end in body:
-        body = body[: body.index(start)] + section + body[body.index(end) + len(end):]
-    else:
-        body = body + "\n" + section + "\n"
-    out.write_text(body)
+    write_section(out, "lifecycle",
+                  (f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
+                   f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
+                   f"interleaved (each round runs both runtimes, alternating which goes first).\n"
+                   f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
+                   f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
+                   f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds} --cr-rounds {a.cr_rounds}`)\n\n"
+                   f"{text}").splitlines())
     print(f"\nwritten to {out}")
 
 

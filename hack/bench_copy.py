@@ -31,6 +31,9 @@ TOP = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP / "integration"))
 from helpers import OURS, Runtime, make_memwriter_bundle, read_mem_status  # noqa: E402
 
+sys.path.insert(0, str(TOP / "hack"))
+from bench import med, write_section  # noqa: E402
+
 RESULTS = pathlib.Path("/var/lib/cntrlive-bench")
 
 
@@ -129,23 +132,6 @@ def post_copy(work, sizes, reps):
     return rows
 
 
-def med(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
-def write_doc(section, lines):
-    doc = TOP / "docs" / "performance.md"
-    text = doc.read_text()
-    start, end = f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
-    block = "\n".join([start, *lines, end])
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + block + "\n"
-    doc.write_text(text)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["pre-copy", "post-copy", "vm"])
@@ -185,7 +171,7 @@ cd {TOP} && {sys.executable} hack/bench_copy.py pre-copy --sizes {sizes} --rate 
                 lines.append(f"| {mib} MiB | {name} | {r['frozen_ms']:.0f} | {r['frozen_ms'] / base['frozen_ms']:.2f}× | "
                              f"{r['final_bytes'] / 2**20:.1f} | {r['final_bytes'] / max(base['final_bytes'], 1):.3f}× | "
                              f"{', '.join(map(str, r['round_pages'])) or '—'} |")
-        write_doc("pre-copy", lines)
+        write_section(TOP / "docs" / "performance.md", "pre-copy", lines)
     elif a.mode == "pre-copy":
         work = pathlib.Path("/var/tmp/bench")
         pre_copy(work, [int(x) for x in (a.sizes or "256,1024").split(",")], a.rate)
@@ -203,7 +189,7 @@ cd {TOP} && {sys.executable} hack/bench_copy.py pre-copy --sizes {sizes} --rate 
             full = med([r["ttfr_ms"] for r in rows if r["mib"] == mib and r["mode"] == "full"])
             lazy = med([r["ttfr_ms"] for r in rows if r["mib"] == mib and r["mode"] == "lazy"])
             lines.append(f"| {mib} MiB | {full:.0f} | {lazy:.0f} | {lazy / full:.2f}× |")
-        write_doc("post-copy", lines)
+        write_section(TOP / "docs" / "performance.md", "post-copy", lines)
 
 
 if __name__ == "__main__":
