@@ -120,6 +120,105 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Restore a container from a previous checkpoint
     Restore(RestoreArgs),
+    /// Move a running container to another host (`migrate-listen` there)
+    Migrate(MigrateArgs),
+    /// Receive migrated containers (the destination of `migrate`)
+    MigrateListen(MigrateListenArgs),
+    /// Make a migration CA and one TLS directory per host
+    MigrateCerts(MigrateCertsArgs),
+    /// One migration on the socket that is stdin (started by migrate-listen)
+    #[command(hide = true)]
+    MigrateReceive(MigrateReceiveArgs),
+    /// Append stdin to FILE until EOF (a migrated container's output)
+    #[command(hide = true)]
+    LogRelay { file: PathBuf },
+}
+
+/// `migrate`.
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// auto (chooses from what both kernels support and the working set,
+    /// and says why), stop-and-copy, pre-copy or post-copy
+    #[arg(long, value_enum, default_value_t = crate::migrate::wire::Strategy::Auto)]
+    pub strategy: crate::migrate::wire::Strategy,
+    /// Pre-copy: at most N rounds (it stops earlier once the dirty set
+    /// stops shrinking)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_rounds: Option<u32>,
+    /// TLS directory of this host (ca.pem, cert.pem, key.pem: migrate-certs)
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: PathBuf,
+    /// The container's ID on the destination (default: the same)
+    #[arg(long, value_name = "ID")]
+    pub dest_id: Option<String>,
+    /// A bundle on the destination whose rootfs to use (default: the
+    /// rootfs is sent)
+    #[arg(long, value_name = "DIR")]
+    pub dest_bundle: Option<PathBuf>,
+    /// A network namespace on the destination for the container to join
+    /// (its network identity moves with it: with --tcp-established its
+    /// connections too)
+    #[arg(long, value_name = "PATH")]
+    pub dest_netns: Option<PathBuf>,
+    /// Allow open tcp connections (they move with the container)
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Handle file locks
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Cgroups mode: soft|full|strict|ignore
+    #[arg(long, value_name = "MODE")]
+    pub manage_cgroups_mode: Option<String>,
+    /// Print the report as JSON (no progress display)
+    #[arg(long)]
+    pub json: bool,
+    /// The container ID
+    pub container_id: String,
+    /// HOST:PORT of the destination's migrate-listen
+    pub destination: String,
+}
+
+/// `migrate-listen`.
+#[derive(Args, Debug)]
+pub struct MigrateListenArgs {
+    /// ADDRESS:PORT to listen on
+    #[arg(long, default_value = "0.0.0.0:7741", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// TLS directory of this host (ca.pem, cert.pem, key.pem: migrate-certs)
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: PathBuf,
+    /// Where migrations keep their bundles, images and container logs
+    #[arg(long, default_value = "/var/lib/cntrlive/migrate", value_name = "DIR")]
+    pub work_root: PathBuf,
+    /// Take one migration, then exit with its result
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `migrate-receive` (hidden).
+#[derive(Args, Debug)]
+pub struct MigrateReceiveArgs {
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub work_root: PathBuf,
+}
+
+/// `migrate-certs`.
+#[derive(Args, Debug)]
+pub struct MigrateCertsArgs {
+    /// Directory for the CA (ca.pem, ca-key.pem) and one subdirectory per host
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// A host to make a certificate for (repeat)
+    #[arg(long, value_name = "NAME")]
+    pub host: Vec<String>,
 }
 
 /// A command whose only argument is the container ID.
@@ -412,6 +511,9 @@ pub struct PageServerArgs {
     /// Port to listen on (0: any free port, printed on stdout)
     #[arg(long, default_value_t = 0, value_name = "PORT")]
     pub port: u16,
+    /// Mutual TLS: directory with ca.pem, cert.pem, key.pem (see checkpoint)
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// CRIU options shared by `checkpoint` and `restore` (runc defines each in
@@ -442,6 +544,12 @@ pub struct CriuFlags {
     /// Enable auto deduplication of memory images
     #[arg(long)]
     pub auto_dedup: bool,
+    /// Encrypt and authenticate the page server connection with TLS (mutual,
+    /// CRIU's --tls): a directory holding ca.pem, cert.pem and key.pem
+    /// (`cntrlive-runtime migrate-certs` writes them). Peers must present a
+    /// certificate signed by that CA; names are not checked
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Print what CRIU measured (frozen time, pages, image size) and the
     /// runtime's own overhead: --stats (text) or --stats=json
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text", require_equals = true)]
@@ -534,6 +642,14 @@ pub struct RestoreArgs {
     /// (without it, a daemon started by hand is expected, as with runc)
     #[arg(long, value_name = "ADDR:PORT", requires = "lazy_pages")]
     pub page_server: Option<String>,
+    /// Leave the restored processes stopped (SIGSTOP; CRIU's
+    /// --leave-stopped); `kill --all ID SIGCONT` lets them run
+    #[arg(long)]
+    pub leave_stopped: bool,
+    /// The fds that replace the dump's stdio pipes, as IN,OUT,ERR (default
+    /// 0,1,2: the runtime's own stdio)
+    #[arg(long, value_name = "IN,OUT,ERR", hide = true)]
+    pub stdio_fds: Option<String>,
     /// The container ID
     pub container_id: String,
 }

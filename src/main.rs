@@ -14,6 +14,7 @@ mod commands;
 mod config;
 mod criu;
 mod logging;
+mod migrate;
 mod store;
 
 use std::process::ExitCode;
@@ -90,6 +91,11 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::PageServer(a) => page_server::page_server(a, &ctx).map(|_| 0),
         Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
         Command::Restore(a) => restore::restore(a, &ctx),
+        Command::Migrate(a) => migrate::source::migrate(a, &ctx).map(|_| 0),
+        Command::MigrateListen(a) => migrate::dest::migrate_listen(a, &ctx).map(|_| 0),
+        Command::MigrateReceive(a) => migrate::dest::migrate_receive(a, &ctx).map(|_| 0),
+        Command::MigrateCerts(a) => migrate::certs::migrate_certs(a).map(|_| 0),
+        Command::LogRelay { file } => migrate::dest::log_relay(&file).map(|_| 0),
     }
 }
 

@@ -76,6 +76,56 @@ pub struct CriuCommon {
     pub manage_cgroups_mode: Option<CgMode>,
     pub empty_ns: u32,
     pub auto_dedup: bool,
+    pub tls: Option<Tls>,
+}
+
+/// Mutual TLS for the page server connection (`--tls-dir`): CRIU's
+/// `--tls --tls-cacert --tls-cert --tls-key --tls-no-cn-verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    pub const CA: &'static str = "ca.pem";
+    pub const CERT: &'static str = "cert.pem";
+    pub const KEY: &'static str = "key.pem";
+
+    /// The three files of a TLS directory, each checked to exist.
+    pub fn from_dir(dir: &Path) -> Result<Tls> {
+        let dir = absolute(dir)?;
+        let file = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "TLS directory {} has no {name}: it needs ca.pem, cert.pem and key.pem (`cntrlive-runtime migrate-certs` writes them)",
+                    dir.display()
+                );
+            }
+            Ok(p)
+        };
+        Ok(Tls {
+            cacert: file(Self::CA)?,
+            cert: file(Self::CERT)?,
+            key: file(Self::KEY)?,
+        })
+    }
+
+    /// The same, as `criu` command-line flags.
+    pub fn criu_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--tls".into(),
+            "--tls-cacert".into(),
+            self.cacert.clone().into(),
+            "--tls-cert".into(),
+            self.cert.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+            "--tls-no-cn-verify".into(),
+        ]
+    }
 }
 
 impl CriuCommon {
@@ -93,6 +143,7 @@ impl CriuCommon {
                 .transpose()?,
             empty_ns: parse_empty_ns(&f.empty_ns)?,
             auto_dedup: f.auto_dedup,
+            tls: f.tls_dir.as_deref().map(Tls::from_dir).transpose()?,
         })
     }
 }
@@ -115,6 +166,9 @@ pub struct CheckpointOptions {
     /// Post-copy: keep the source alive (frozen) until the restoring side
     /// confirms every page arrived (see `criu::lazy::await_verdict`).
     pub lazy_confirm: bool,
+    /// `migrate`: after the final dump the container stays alive and frozen
+    /// until the caller ends it (commands::checkpoint::Kept).
+    pub keep_frozen: bool,
     pub common: CriuCommon,
 }
 
@@ -227,6 +281,7 @@ impl CheckpointOptions {
             status_fd: a.status_fd,
             rounds,
             lazy_confirm: a.criu.lazy_pages && !a.no_lazy_confirm,
+            keep_frozen: false,
             common,
         })
     }
@@ -294,6 +349,9 @@ pub struct RestoreOptions {
     pub lsm_mount_context: Option<String>,
     /// Where lazily restored pages come from (we run the lazy-pages daemon).
     pub page_server: Option<PageServer>,
+    pub leave_stopped: bool,
+    /// Our fds that replace the dump's stdin, stdout, stderr pipes.
+    pub stdio_fds: [i32; 3],
     pub common: CriuCommon,
 }
 
@@ -315,6 +373,19 @@ impl RestoreOptions {
                 .as_deref()
                 .map(PageServer::parse)
                 .transpose()?,
+            leave_stopped: a.leave_stopped,
+            stdio_fds: match &a.stdio_fds {
+                None => [0, 1, 2],
+                Some(s) => {
+                    let v: Vec<i32> = s
+                        .split(',')
+                        .map(|x| x.trim().parse())
+                        .collect::<Result<_, _>>()
+                        .with_context(|| format!("invalid --stdio-fds {s:?}: use IN,OUT,ERR"))?;
+                    <[i32; 3]>::try_from(v)
+                        .map_err(|_| anyhow::anyhow!("invalid --stdio-fds {s:?}: use IN,OUT,ERR"))?
+                }
+            },
             common: CriuCommon::from_flags(&a.criu)?,
         })
     }

@@ -93,7 +93,20 @@ fn base_opts(c: &CriuCommon, images_fd: i32, work_fd: i32, log_file: &str) -> Cr
     if let Some(m) = c.manage_cgroups_mode {
         opts.manage_cgroups_mode = Some(EnumOrUnknown::new(cg_mode(m)));
     }
+    if let Some(t) = &c.tls {
+        tls_opts(&mut opts, t);
+    }
     opts
+}
+
+/// CRIU's TLS options: mutual X.509 against one CA; peers are who the CA
+/// signed, so the certificate's name is not checked.
+pub fn tls_opts(opts: &mut Criu_opts, t: &super::options::Tls) {
+    opts.tls = Some(true);
+    opts.tls_cacert = Some(t.cacert.display().to_string());
+    opts.tls_cert = Some(t.cert.display().to_string());
+    opts.tls_key = Some(t.key.display().to_string());
+    opts.tls_no_cn_verify = Some(true);
 }
 
 /// DUMP (or PRE_DUMP) for the container described by `f`.
@@ -107,7 +120,7 @@ pub fn dump_request(
     opts.root = Some(f.rootfs.display().to_string());
     opts.pid = Some(f.init_pid);
     // Post-copy with confirmation: the runtime, not CRIU, ends the source.
-    opts.leave_running = Some(o.leave_running || o.lazy_confirm);
+    opts.leave_running = Some(o.leave_running || o.lazy_confirm || o.keep_frozen);
     opts.tcp_skip_in_flight = Some(o.tcp_skip_in_flight);
     opts.link_remap = Some(o.link_remap);
     if let Some(cg) = &f.freeze_cgroup {
@@ -180,6 +193,9 @@ pub fn restore_request(
 ) -> Criu_req {
     let mut opts = base_opts(&o.common, images_fd, work_fd, "restore.log");
     opts.root = Some(f.criu_root.display().to_string());
+    if o.leave_stopped {
+        opts.leave_stopped = Some(true);
+    }
     // The restored init becomes our child (then the shim's, as subreaper).
     opts.rst_sibling = Some(true);
     opts.evasive_devices = Some(true);
@@ -246,6 +262,7 @@ mod tests {
             status_fd: None,
             rounds: None,
             lazy_confirm: false,
+            keep_frozen: false,
             common: CriuCommon {
                 tcp_established: true,
                 ..Default::default()
@@ -303,6 +320,8 @@ mod tests {
             lsm_profile: None,
             lsm_mount_context: None,
             page_server: None,
+            leave_stopped: false,
+            stdio_fds: [0, 1, 2],
             common: CriuCommon::default(),
         };
         let f = RestoreFacts {

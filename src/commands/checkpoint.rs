@@ -18,7 +18,7 @@ use libcontainer::container::{Container, ContainerStatus};
 
 use super::Ctx;
 use crate::checkpoint::images::{self, Manifest, SpecFacts, MANIFEST_FORMAT};
-use crate::checkpoint::options::{CheckpointOptions, Rounds};
+use crate::checkpoint::options::{CheckpointOptions, PageServer, Rounds};
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::CheckpointArgs;
 use crate::criu::cancel;
@@ -136,11 +136,102 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 }
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
+    let opts = CheckpointOptions::from_args(&args)?;
+    let done = dump(opts, args.leave_running, ctx, &mut NoHooks)?;
+    if let Some(format) = args.criu.stats {
+        println!("{}", done.report.render(format));
+    }
+    Ok(())
+}
+
+/// What `migrate` plugs into a checkpoint.
+pub(crate) trait Hooks {
+    /// Where the pages of pre-copy round `k` (1-based) or of the final dump
+    /// (`k` = 0) go; None: as the options say.
+    fn page_server(&mut self, _k: u32) -> Result<Option<PageServer>> {
+        Ok(None)
+    }
+    /// A pre-copy round is done.
+    fn round_done(&mut self, _r: &stats::RoundReport) {}
+}
+
+pub(crate) struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// A finished checkpoint: what CRIU measured, and with `keep_frozen` the
+/// container, alive and frozen, for the caller to end.
+pub(crate) struct Dumped {
+    pub report: stats::Report,
+    pub kept: Option<Kept>,
+}
+
+/// A dumped container kept alive and frozen (`keep_frozen`); the janitor
+/// thaws it if the runtime dies before [`Kept::thaw`] or [`Kept::kill`].
+pub(crate) struct Kept {
+    janitor: Option<Janitor>,
+    freezer: Option<janitor::Freezer>,
+    /// We froze it (it was not paused by the caller before).
+    ours: bool,
+    container: Container,
+}
+
+impl Kept {
+    /// The migration failed: the container runs on, as before.
+    pub fn thaw(mut self) -> Result<()> {
+        if let (Some(f), true) = (&self.freezer, self.ours) {
+            f.thaw()
+                .with_context(|| format!("failed to thaw {}", f.file.display()))?;
+        }
+        if let Some(j) = self.janitor.take() {
+            j.disarm();
+        }
+        Ok(())
+    }
+
+    /// From now on the copy here must never run again, even if the runtime
+    /// dies: the janitor no longer thaws it.
+    pub fn no_return(&mut self) {
+        if let Some(j) = self.janitor.take() {
+            j.disarm();
+        }
+    }
+
+    /// The copy elsewhere took over: kill this one (it never runs another
+    /// instruction: killed while frozen) and remove it from the state.
+    pub fn kill(mut self) -> Result<()> {
+        if let Some(f) = &self.freezer {
+            kill_all_in(&f.dir());
+            let _ = f.thaw();
+        }
+        if let Some(j) = self.janitor.take() {
+            j.disarm();
+        }
+        let id = self.container.id().to_string();
+        for _ in 0..100 {
+            let _ = self.container.refresh_status();
+            if self.container.status() == ContainerStatus::Stopped {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.container
+            .delete(true)
+            .with_context(|| format!("failed to delete the migrated container \"{id}\""))
+    }
+}
+
+/// A checkpoint of `opts` (`leave_running_flag`: the user's
+/// --leave-running, which the config may turn into a pre-dump).
+pub(crate) fn dump(
+    mut opts: CheckpointOptions,
+    leave_running_flag: bool,
+    ctx: &Ctx,
+    hooks: &mut dyn Hooks,
+) -> Result<Dumped> {
     let started = Instant::now();
-    let mut opts = CheckpointOptions::from_args(&args)?;
     let cfg = crate::config::Config::load(ctx.global.config.as_deref())?.checkpoint;
     if cfg.pre_dump_on_leave_running
-        && args.leave_running
+        && leave_running_flag
         && !opts.pre_dump
         && opts.rounds.is_none()
         && !opts.common.lazy_pages
@@ -287,8 +378,19 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         use std::os::fd::AsRawFd;
         let mut pre_copy = PreCopy::default();
         if let Some(rounds) = opts.rounds {
-            pre_copy = run_rounds(&mut session, &opts, rounds, &facts, &work_dir, &manifest)?;
+            pre_copy = run_rounds(
+                &mut session,
+                &opts,
+                rounds,
+                &facts,
+                &work_dir,
+                &manifest,
+                hooks,
+            )?;
             final_opts.parent_path = pre_copy.rounds.last().map(|r| Rounds::dir(r.round));
+        }
+        if let Some(ps) = hooks.page_server(0)? {
+            final_opts.page_server = Some(ps);
         }
         let req = dump_request(
             &final_opts,
@@ -338,6 +440,41 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                 final_opts.parent_path.clone(),
             )
             .write(&opts.image_path)?;
+            let diskless = final_opts.page_server.is_some();
+            let mut report = stats::Report::new(
+                if opts.pre_dump {
+                    "pre-dump"
+                } else {
+                    "checkpoint"
+                },
+                &id,
+                started.elapsed(),
+                criu_time,
+                opts.work_path.join("stats-dump"),
+                (!diskless).then_some(opts.image_path.as_path()),
+            )?;
+            if let stats::CriuStats::Dump(d) = &report.criu {
+                report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
+            }
+            let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
+            report.runtime_overhead_ms = ((report.runtime_overhead_ms - rounds_ms) * 1e3)
+                .round()
+                .max(0.0)
+                / 1e3;
+            report.rounds = pre_copy.rounds;
+            report.pre_copy_stopped = pre_copy.stopped;
+            if opts.keep_frozen && !opts.pre_dump {
+                // The caller ends it (migrate); the janitor stays armed.
+                return Ok(Dumped {
+                    report,
+                    kept: Some(Kept {
+                        janitor: Some(janitor),
+                        ours: thaw.is_some(),
+                        freezer,
+                        container: c,
+                    }),
+                });
+            }
             // We froze it; CRIU left it as it found it.
             if let Some(f) = &thaw {
                 f.thaw().with_context(|| {
@@ -358,33 +495,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
                     format!("checkpoint done, but failed to delete container \"{id}\"")
                 })?;
             }
-            if let Some(format) = args.criu.stats {
-                let diskless = opts.page_server.is_some();
-                let mut report = stats::Report::new(
-                    if opts.pre_dump {
-                        "pre-dump"
-                    } else {
-                        "checkpoint"
-                    },
-                    &id,
-                    started.elapsed(),
-                    criu_time,
-                    opts.work_path.join("stats-dump"),
-                    (!diskless).then_some(opts.image_path.as_path()),
-                )?;
-                if let stats::CriuStats::Dump(d) = &report.criu {
-                    report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
-                }
-                let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
-                report.runtime_overhead_ms = ((report.runtime_overhead_ms - rounds_ms) * 1e3)
-                    .round()
-                    .max(0.0)
-                    / 1e3;
-                report.rounds = pre_copy.rounds;
-                report.pre_copy_stopped = pre_copy.stopped;
-                println!("{}", report.render(format));
-            }
-            Ok(())
+            Ok(Dumped { report, kept: None })
         }
         Err(err) => {
             // The session is gone (CRIU killed and reaped). Undo now rather
@@ -537,6 +648,7 @@ fn run_rounds(
     facts: &ContainerFacts,
     work_dir: &File,
     manifest: &dyn Fn(&str, Option<PathBuf>) -> Manifest,
+    hooks: &mut dyn Hooks,
 ) -> Result<PreCopy> {
     use std::os::fd::AsRawFd;
     let mut out = PreCopy::default();
@@ -554,6 +666,9 @@ fn run_rounds(
         o.image_path = dir.clone();
         o.pre_dump = true;
         o.leave_running = true;
+        if let Some(ps) = hooks.page_server(k)? {
+            o.page_server = Some(ps);
+        }
         o.parent_path = if k == 1 {
             opts.parent_path.as_ref().map(|p| Path::new("..").join(p))
         } else {
@@ -582,7 +697,9 @@ fn run_rounds(
             ms = took.as_millis() as u64,
             "pre-dump round done"
         );
-        out.rounds.push(stats::RoundReport::new(k, &dir, took, &st));
+        let round = stats::RoundReport::new(k, &dir, took, &st);
+        hooks.round_done(&round);
+        out.rounds.push(round);
         if rounds.until_converged {
             if let Some(why) = Rounds::converged(prev_pages, pages) {
                 out.stopped = Some(why);

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
@@ -18,14 +19,42 @@ use crate::criu::janitor::{Action, Janitor};
 use crate::criu::page_server::{self, Ended};
 
 pub fn page_server(args: PageServerArgs, ctx: &Ctx) -> Result<()> {
+    let tls = args
+        .tls_dir
+        .as_deref()
+        .map(crate::checkpoint::options::Tls::from_dir)
+        .transpose()?;
+    let address = args.address.clone();
+    serve(
+        ctx,
+        &args.image_path,
+        args.work_path.as_deref(),
+        &args.address,
+        args.port,
+        tls.as_ref(),
+        |port, pid| {
+            println!("listening on {address}:{port} (pid {pid})");
+            let _ = std::io::stdout().flush();
+        },
+    )
+}
+
+/// Run one supervised CRIU page server into `image_path` until the dumping
+/// side is done; `listening(port, pid)` is called once it accepts.
+pub fn serve(
+    ctx: &Ctx,
+    image_path: &Path,
+    work_path: Option<&Path>,
+    address: &str,
+    port: u16,
+    tls: Option<&crate::checkpoint::options::Tls>,
+    listening: impl FnOnce(u16, nix::unistd::Pid),
+) -> Result<()> {
     let timeout = criu_timeout(ctx)?;
-    let work_path = args
-        .work_path
-        .clone()
-        .unwrap_or_else(|| args.image_path.clone());
-    make_dir(&args.image_path, "image directory")?;
+    let work_path = work_path.unwrap_or(image_path).to_path_buf();
+    make_dir(image_path, "image directory")?;
     make_dir(&work_path, "work directory")?;
-    let images = File::open(&args.image_path)?;
+    let images = File::open(image_path)?;
     let work = File::open(&work_path)?;
     let cancel = cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
@@ -35,13 +64,13 @@ pub fn page_server(args: PageServerArgs, ctx: &Ctx) -> Result<()> {
         images.as_raw_fd(),
         work.as_raw_fd(),
         &work_path,
-        &args.address,
-        args.port,
+        address,
+        port,
+        tls,
     )?;
     session.close();
     janitor.arm(Action::Kill(ps.pid));
-    println!("listening on {}:{} (pid {})", args.address, ps.port, ps.pid);
-    let _ = std::io::stdout().flush();
+    listening(ps.port, ps.pid);
     let ended = ps.wait(timeout, Some(cancel));
     janitor.disarm();
     match ended {

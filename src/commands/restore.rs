@@ -162,7 +162,7 @@ fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
 }
 
 /// Map the dump's pipe stdio to our stdio (runc: descriptors.json).
-fn inherit_fds(image_path: &Path) -> Vec<(String, i32)> {
+fn inherit_fds(image_path: &Path, ours: [i32; 3]) -> Vec<(String, i32)> {
     let Ok(text) = std::fs::read(image_path.join("descriptors.json")) else {
         return Vec::new();
     };
@@ -172,7 +172,7 @@ fn inherit_fds(image_path: &Path) -> Vec<(String, i32)> {
     fds.into_iter()
         .enumerate()
         .filter(|(_, d)| d.contains("pipe:"))
-        .map(|(i, d)| (d, i as i32))
+        .map(|(i, d)| (d, ours[i.min(2)]))
         .collect()
 }
 
@@ -295,6 +295,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 &o.image_path,
                 &o.work_path,
                 ps,
+                o.common.tls.as_ref(),
                 criu_timeout(ctx)?,
             )?),
             None => None,
@@ -338,7 +339,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             has_masked_files,
             cgroup_root: Some(cgroup_root),
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
-            inherit_fds: inherit_fds(&o.image_path),
+            inherit_fds: inherit_fds(&o.image_path, o.stdio_fds),
             config_file,
             loopback_only: manifest.as_ref().is_some_and(|m| m.loopback_only),
         };

@@ -69,6 +69,7 @@ impl LazyPages {
         images: &Path,
         work: &Path,
         source: &PageServer,
+        tls: Option<&crate::checkpoint::options::Tls>,
         deadline: Duration,
     ) -> anyhow::Result<LazyPages> {
         let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -89,6 +90,7 @@ impl LazyPages {
             .arg("--log-file")
             .arg(LOG_FILE)
             .arg("-v4")
+            .args(tls.map(|t| t.criu_args()).unwrap_or_default())
             .current_dir(work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -44,7 +44,8 @@ pub enum Ended {
 }
 
 /// Ask CRIU (in session `s`) to start a page server writing into the image
-/// directory `images_fd`, listening on `address:port` (port 0: CRIU picks).
+/// directory `images_fd`, listening on `address:port` (port 0: CRIU picks),
+/// with TLS if `tls` is given.
 pub fn start(
     s: &mut Session,
     images_fd: i32,
@@ -52,8 +53,12 @@ pub fn start(
     work_dir: &Path,
     address: &str,
     port: u16,
+    tls: Option<&crate::checkpoint::options::Tls>,
 ) -> Result<PageServer, CriuError> {
     let mut opts = Criu_opts::new();
+    if let Some(t) = tls {
+        crate::checkpoint::request::tls_opts(&mut opts, t);
+    }
     opts.images_dir_fd = Some(images_fd);
     opts.work_dir_fd = Some(work_fd);
     opts.log_level = Some(4);

@@ -1,0 +1,478 @@
+//! The destination: `migrate-listen` accepts connections and runs each
+//! migration in a `migrate-receive` process of its own (the socket as its
+//! stdin), so that one migration's CRIU sessions, janitor and signals never
+//! touch another's.
+//!
+//! A receive: TLS (mutual) → Hello checked (protocol, ID free, bundle) →
+//! Welcome with this host's abilities → Plan → rootfs (unless an existing
+//! bundle is used) → page servers as the source asks → CRIU's other images
+//! → restore (a `restore -d` of our own, stopped unless post-copy) →
+//! Restored → Commit → the processes continue. Any failure before Commit
+//! deletes what was restored: nothing stays registered.
+
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::wire::{Msg, Strategy, Wire, VERSION};
+use crate::checkpoint::options::Tls;
+use crate::cli::{MigrateListenArgs, MigrateReceiveArgs};
+use crate::commands::checkpoint::{criu_timeout, make_dir};
+use crate::commands::Ctx;
+
+/// The global flags a child of ours must get to act on the same host.
+pub(crate) fn global_args(ctx: &Ctx) -> Vec<std::ffi::OsString> {
+    let g = &ctx.global;
+    let mut v: Vec<std::ffi::OsString> = vec![
+        "--root".into(),
+        g.root.clone().into(),
+        "--criu".into(),
+        g.criu.clone().into(),
+        "--criu-timeout".into(),
+        g.criu_timeout.clone().into(),
+    ];
+    if let Some(l) = &g.log {
+        v.push("--log".into());
+        v.push(l.clone().into());
+        v.push("--log-format".into());
+        v.push(
+            match g.log_format {
+                crate::cli::LogFormat::Json => "json",
+                crate::cli::LogFormat::Text => "text",
+            }
+            .into(),
+        );
+    }
+    if let Some(c) = &g.config {
+        v.push("--config".into());
+        v.push(c.clone().into());
+    }
+    if g.systemd_cgroup {
+        v.push("--systemd-cgroup".into());
+    }
+    if g.debug {
+        v.push("--debug".into());
+    }
+    v
+}
+
+pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
+    let tls = Tls::from_dir(&args.tls_dir)?;
+    criu_timeout(ctx)?;
+    make_dir(&args.work_root, "migration work root")?;
+    ctx.ensure_root()?;
+    let l = TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("listening on {}", l.local_addr()?);
+    let _ = std::io::stdout().flush();
+    let exe = std::env::current_exe()?;
+    loop {
+        let (conn, peer) = l.accept().context("accept failed")?;
+        tracing::info!(%peer, "migration connection");
+        let fd: OwnedFd = conn.into();
+        let mut cmd = Command::new(&exe);
+        cmd.args(global_args(ctx))
+            .arg("migrate-receive")
+            .arg("--tls-dir")
+            .arg(&tls.cacert.parent().unwrap_or(Path::new(".")))
+            .arg("--work-root")
+            .arg(&args.work_root)
+            .stdin(Stdio::from(fd));
+        let mut child = cmd.spawn().context("cannot start migrate-receive")?;
+        if args.once {
+            let st = child.wait()?;
+            if !st.success() {
+                bail!("the migration from {peer} failed (see the messages above)");
+            }
+            return Ok(());
+        }
+        std::thread::spawn(move || {
+            let st = child.wait();
+            tracing::info!(%peer, ?st, "migration ended");
+        });
+    }
+}
+
+/// The container's cgroup on this host, if it exists with processes in it
+/// (v1 freezer or v2/unified).
+fn busy_cgroup(config: &str, id: &str) -> Option<PathBuf> {
+    let spec: oci_spec::runtime::Spec = serde_json::from_str(config).ok()?;
+    let youki = libcontainer::config::YoukiConfig::from_spec(&spec, id).ok()?;
+    let rel = youki.cgroup_path.strip_prefix("/").unwrap_or(&youki.cgroup_path).to_path_buf();
+    ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|base| Path::new(base).join(&rel))
+        .find(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .map(|t| !t.trim().is_empty())
+                .unwrap_or(false)
+        })
+}
+
+/// Replace a config's root and network namespace for this host.
+fn local_config(config: &str, rootfs: &Path, netns: Option<&str>) -> Result<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config).context("the source sent a malformed config.json")?;
+    v["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    if let Some(ns) = netns {
+        let list = v["linux"]["namespaces"]
+            .as_array_mut()
+            .context("config.json has no linux.namespaces")?;
+        let net = list
+            .iter_mut()
+            .find(|n| n["type"] == "network")
+            .context("--dest-netns given, but the container has no network namespace of its own")?;
+        net["path"] = serde_json::Value::String(ns.to_string());
+    }
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
+/// One migration, on the accepted socket (stdin).
+pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
+    // SAFETY: fd 0 is the accepted socket the listener gave us; it is
+    // moved out and fd 0 becomes /dev/null, so no child inherits it.
+    let sock = unsafe { OwnedFd::from_raw_fd(nix::unistd::dup(0)?) };
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    let tcp = TcpStream::from(sock);
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let tls = Tls::from_dir(&args.tls_dir)?;
+    let timeout = criu_timeout(ctx)?;
+    let mut w = Wire::accept(tcp, &tls, timeout)
+        .with_context(|| format!("refused the connection from {peer}"))?;
+    let mut r = Receive {
+        ctx,
+        tls,
+        id: String::new(),
+        dir: PathBuf::new(),
+        registered: false,
+        started: Instant::now(),
+    };
+    let res = r.run(&mut w, &args.work_root);
+    if let Err(e) = &res {
+        let reason = format!("{e:#}");
+        r.undo();
+        let _ = w.send(&Msg::Failed { reason });
+    }
+    res
+}
+
+struct Receive<'a> {
+    ctx: &'a Ctx,
+    tls: Tls,
+    id: String,
+    /// This migration's directory: images/, work/, bundle/.
+    dir: PathBuf,
+    /// A container was restored and registered under `id`.
+    registered: bool,
+    started: Instant,
+}
+
+impl Receive<'_> {
+    fn run(&mut self, w: &mut Wire, work_root: &Path) -> Result<()> {
+        let Msg::Hello {
+            version,
+            id,
+            config,
+            bundle,
+            netns,
+            criu,
+            abilities: _,
+        } = w.recv()?
+        else {
+            bail!("protocol error: the source did not start with hello");
+        };
+        let refuse = |w: &mut Wire, reason: String| -> Result<()> {
+            w.send(&Msg::Refused {
+                reason: reason.clone(),
+            })?;
+            bail!("{reason}")
+        };
+        if version != VERSION {
+            return refuse(
+                w,
+                format!("protocol version {version} (this destination speaks {VERSION}): run the same cntrlive-runtime version on both hosts"),
+            );
+        }
+        if let Err(e) = crate::store::validate_id(&id).map_err(anyhow::Error::from).and_then(|_| {
+            self.ctx.store.ensure_free(&id).map_err(anyhow::Error::from)
+        }) {
+            return refuse(w, format!("{e:#} on the destination: pass --dest-id NEW_ID, or delete it there first"));
+        }
+        self.id = id.clone();
+        if let Some(busy) = busy_cgroup(&config, &id) {
+            return refuse(w, format!("the container's cgroup {} already holds processes on the destination (another container with the same cgroup path): pass --dest-id NEW_ID or give it another cgroupsPath", busy.display()));
+        }
+        if let Some(b) = &bundle {
+            if !Path::new(b).join("config.json").is_file() {
+                return refuse(w, format!("--dest-bundle {b}: no bundle there (config.json missing) on the destination"));
+            }
+        }
+        if let Some(ns) = &netns {
+            if !Path::new(ns).exists() {
+                return refuse(w, format!("--dest-netns {ns} does not exist on the destination"));
+            }
+        }
+        self.dir = work_root.join(format!(
+            "{id}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
+        ));
+        let abilities = match super::abilities(self.ctx, &self.dir.join("work")) {
+            Ok(a) => a,
+            Err(e) => return refuse(w, format!("CRIU does not work on the destination: {e:#}")),
+        };
+        w.send(&Msg::Welcome { abilities })?;
+        let Msg::Plan { strategy, why } = w.recv()? else {
+            bail!("protocol error: expected the plan");
+        };
+        tracing::info!(id, strategy = strategy.name(), why, "migration planned");
+
+        // The bundle: a copy of the source's config, its rootfs received or
+        // taken from the bundle named.
+        let bundle_dir = self.dir.join("bundle");
+        make_dir(&bundle_dir, "bundle directory")?;
+        let rootfs = match &bundle {
+            Some(b) => {
+                let theirs: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(Path::new(b).join("config.json"))?)?;
+                let p = PathBuf::from(theirs["root"]["path"].as_str().unwrap_or("rootfs"));
+                if p.is_absolute() {
+                    p
+                } else {
+                    Path::new(b).join(p)
+                }
+            }
+            None => {
+                let r = bundle_dir.join("rootfs");
+                w.recv_tar("rootfs", &r)?;
+                r
+            }
+        };
+        std::fs::write(
+            bundle_dir.join("config.json"),
+            local_config(&config, &rootfs, netns.as_deref())?,
+        )?;
+
+        let images = self.dir.join("images");
+        make_dir(&images, "image directory")?;
+        let work = self.dir.join("work");
+        loop {
+            match w.recv()? {
+                Msg::OpenPages { dir, parent } => {
+                    let into = images.join(&dir);
+                    make_dir(&into, "image directory")?;
+                    if let Some(p) = parent {
+                        let link = into.join("parent");
+                        let _ = std::fs::remove_file(&link);
+                        std::os::unix::fs::symlink(p, &link)?;
+                    }
+                    let addr = w.local_ip()?.to_string();
+                    let work = work.join(if dir.is_empty() { "final" } else { &dir });
+                    crate::commands::page_server::serve(
+                        self.ctx,
+                        &into,
+                        Some(&work),
+                        &addr,
+                        0,
+                        Some(&self.tls),
+                        |port, _| {
+                            let _ = w.send(&Msg::PagesAt { port });
+                        },
+                    )
+                    .with_context(|| format!("receiving the pages of {}", if dir.is_empty() { "the final dump" } else { &dir }))?;
+                }
+                Msg::Tar { what, mode } if what == "images" => {
+                    w.recv_tar_body(&images, mode)?;
+                }
+                Msg::Restore { lazy } => {
+                    let restored = self.restore(&images, &work, &bundle_dir, &criu, lazy.as_deref(), strategy)?;
+                    w.send(&restored)?;
+                    if lazy.is_some() {
+                        // Post-copy: running already; the source ends when
+                        // its pages are all here (criu::lazy).
+                        let _ = w.recv();
+                        return Ok(());
+                    }
+                    break;
+                }
+                m => bail!("protocol error: unexpected {m:?}"),
+            }
+        }
+        // Two-phase: run only once the source has ended its copy.
+        match w.recv() {
+            Ok(Msg::Commit) => {}
+            Ok(m) => bail!("protocol error: expected commit, got {m:?}"),
+            Err(e) => bail!("the source never committed ({e:#}): the restored copy is removed; the source keeps (or thaws) its container"),
+        }
+        self.run_cmd(&["kill", "--all", &self.id, "SIGCONT"])
+            .context("failed to let the restored container run")?;
+        w.send(&Msg::Committed)?;
+        tracing::info!(id = self.id, ms = self.started.elapsed().as_millis() as u64, "migration done");
+        let _ = std::fs::remove_dir_all(&images);
+        Ok(())
+    }
+
+    /// Run a runtime command of ours against this host's state.
+    fn run_cmd(&self, args: &[&str]) -> Result<()> {
+        let errors = tempfile::tempfile()?;
+        let status = Command::new(std::env::current_exe()?)
+            .args(global_args(self.ctx))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(errors.try_clone()?)
+            .status()?;
+        if !status.success() {
+            use std::io::{Read, Seek};
+            let mut f = errors;
+            let mut text = String::new();
+            f.seek(std::io::SeekFrom::Start(0))?;
+            f.read_to_string(&mut text)?;
+            bail!("{}", text.trim());
+        }
+        Ok(())
+    }
+
+    /// Restore under our ID, detached; its stdout and stderr go through a
+    /// log relay to `<dir>/container.log` (pipes, so that the container can
+    /// be checkpointed and moved again).
+    fn restore(
+        &mut self,
+        images: &Path,
+        work: &Path,
+        bundle: &Path,
+        criu: &super::wire::CriuWire,
+        lazy: Option<&str>,
+        strategy: Strategy,
+    ) -> Result<Msg> {
+        let started = Instant::now();
+        let (pr, pw) = nix::unistd::pipe()?;
+        let exe = std::env::current_exe()?;
+        let log = self.dir.join("container.log");
+        Command::new(&exe)
+            .arg("log-relay")
+            .arg(&log)
+            .stdin(Stdio::from(pr))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("cannot start the log relay")?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(global_args(self.ctx))
+            .arg("restore")
+            .arg("--detach")
+            .arg("--image-path")
+            .arg(images)
+            .arg("--work-path")
+            .arg(work.join("restore"))
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--stdio-fds")
+            .arg("10,11,12")
+            .arg("--tls-dir")
+            .arg(self.tls.cacert.parent().unwrap_or(Path::new(".")));
+        if criu.tcp_established {
+            cmd.arg("--tcp-established");
+        }
+        if criu.ext_unix_sk {
+            cmd.arg("--ext-unix-sk");
+        }
+        if criu.shell_job {
+            cmd.arg("--shell-job");
+        }
+        if criu.file_locks {
+            cmd.arg("--file-locks");
+        }
+        if let Some(m) = &criu.manage_cgroups_mode {
+            cmd.arg("--manage-cgroups-mode").arg(m);
+        }
+        match lazy {
+            Some(at) => {
+                cmd.arg("--lazy-pages").arg("--page-server").arg(at);
+            }
+            None => {
+                cmd.arg("--leave-stopped");
+            }
+        }
+        cmd.arg(&self.id);
+        let null = std::fs::File::open("/dev/null")?;
+        let (n, p) = (null.as_raw_fd(), pw.as_raw_fd());
+        // SAFETY: dup2 only, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                // Three distinct fds: CRIU closes each inherited fd once
+                // it has stored it.
+                if libc::dup2(n, 10) < 0 || libc::dup2(p, 11) < 0 || libc::dup2(p, 12) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // Output to a file, not a pipe: what restore leaves running (the
+        // janitor, the lazy-pages supervisor) would hold a pipe open.
+        let errors = self.dir.join("restore.err");
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors)?)
+            .status()
+            .context("cannot run restore")?;
+        drop(pw);
+        if !status.success() {
+            bail!(
+                "restore failed on the destination: {}",
+                std::fs::read_to_string(&errors).unwrap_or_default().trim()
+            );
+        }
+        self.registered = true;
+        let pid = self
+            .ctx
+            .store
+            .load(&self.id)
+            .ok()
+            .and_then(|c| c.pid())
+            .map(|p| p.as_raw())
+            .unwrap_or(0);
+        tracing::info!(id = self.id, pid, strategy = strategy.name(), "restored");
+        Ok(Msg::Restored {
+            pid,
+            restore_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Remove what this migration left: the restored container, its files.
+    fn undo(&mut self) {
+        if self.registered {
+            if let Err(e) = self.run_cmd(&["delete", "--force", &self.id]) {
+                tracing::error!(id = self.id, "failed to remove the restored copy: {e:#}");
+            }
+            self.registered = false;
+        }
+        if !self.dir.as_os_str().is_empty() {
+            // CRIU's logs (work/) and restore.err stay for the post-mortem.
+            let _ = std::fs::remove_dir_all(self.dir.join("images"));
+            let _ = std::fs::remove_dir_all(self.dir.join("bundle"));
+        }
+    }
+}
+
+/// `log-relay FILE`: append stdin to FILE until EOF (the restored
+/// container's stdout and stderr on the destination).
+pub fn log_relay(file: &Path) -> Result<()> {
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let mut stdin = std::io::stdin().lock();
+    std::io::copy(&mut stdin, &mut out)?;
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! The source: `migrate ID HOST:PORT`. See mod.rs for the protocol and
+//! docs/migration.md for what a user sees.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use super::wire::{Abilities, CriuWire, Msg, Strategy, Wire, VERSION};
+use crate::checkpoint::options::{
+    CgMode, CheckpointOptions, CriuCommon, PageServer, Rounds, Tls, DEFAULT_MAX_ROUNDS,
+};
+use crate::cli::MigrateArgs;
+use crate::commands::checkpoint::{self, criu_timeout, make_dir, Hooks};
+use crate::commands::Ctx;
+use crate::criu::stats::{self, RoundReport};
+use libcontainer::container::ContainerStatus;
+
+/// Below this working set, a full dump is as quick as any other strategy
+/// (docs/performance.md: post-copy pays ~50 ms of its own at 64 MiB).
+pub const SMALL_WORKING_SET: u64 = 64 << 20;
+
+/// What a migration cost, printed at the end (`--json`: as JSON).
+#[derive(Debug, Serialize)]
+pub struct MigrationReport {
+    pub container_id: String,
+    pub destination: String,
+    pub destination_id: String,
+    pub strategy: &'static str,
+    pub why: String,
+    pub working_set_bytes: u64,
+    pub source: Abilities,
+    pub target: Abilities,
+    /// Pre-copy rounds (the container running).
+    pub rounds: Vec<RoundReport>,
+    pub pre_copy_stopped: Option<String>,
+    /// The final dump: pages written (post-copy: left for the destination
+    /// to fetch: `pages_lazy`), CRIU's frozen time.
+    pub final_pages_written: u64,
+    pub final_pages_lazy: u64,
+    pub frozen_time_ms: f64,
+    /// From the freeze until the destination runs it (as the source sees).
+    pub downtime_ms: f64,
+    /// The final dump, pages streamed to the destination included.
+    pub final_dump_ms: f64,
+    /// CRIU's other images sent after the dump.
+    pub images_transfer_ms: f64,
+    /// The destination's restore (its own measure).
+    pub restore_ms: f64,
+    pub rootfs_bytes: u64,
+    pub images_bytes: u64,
+    /// Memory pages through CRIU's page server (4 KiB each), all rounds.
+    pub page_bytes: u64,
+    pub total_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Resident memory of every process of the container's cgroup.
+fn working_set(pid: i32) -> u64 {
+    let pids: Vec<i32> = crate::criu::janitor::freezer_of(pid)
+        .and_then(|f| std::fs::read_to_string(f.dir().join("cgroup.procs")).ok())
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![pid]);
+    pids.into_iter()
+        .filter_map(|p| procfs::process::Process::new(p).ok())
+        .filter_map(|p| p.status().ok())
+        .filter_map(|s| s.vmrss)
+        .sum::<u64>()
+        * 1024
+}
+
+/// `auto`, or a check that the strategy asked for can run.
+pub fn choose(
+    asked: Strategy,
+    mine: &Abilities,
+    theirs: &Abilities,
+    ws: u64,
+) -> Result<(Strategy, String)> {
+    let mib = ws >> 20;
+    let pre = || {
+        format!(
+            "pre-copy needs dirty memory tracking on the source, which its kernel ({}) lacks (CONFIG_MEM_SOFT_DIRTY)",
+            mine.kernel
+        )
+    };
+    let post = || {
+        let who = match (mine.lazy_pages, theirs.lazy_pages) {
+            (false, false) => "either host",
+            (false, true) => "the source",
+            _ => "the destination",
+        };
+        format!("post-copy needs userfaultfd (lazy pages), which {who} lacks")
+    };
+    Ok(match asked {
+        Strategy::StopAndCopy => (asked, "asked for".into()),
+        Strategy::PreCopy if !mine.mem_track => bail!("{}: use --strategy post-copy or stop-and-copy", pre()),
+        Strategy::PostCopy if !(mine.lazy_pages && theirs.lazy_pages) => {
+            bail!("{}: use --strategy stop-and-copy", post())
+        }
+        Strategy::PreCopy | Strategy::PostCopy => (asked, "asked for".into()),
+        Strategy::Auto if ws < SMALL_WORKING_SET => (
+            Strategy::StopAndCopy,
+            format!("working set {mib} MiB < {} MiB: one full dump is as quick as any other way", SMALL_WORKING_SET >> 20),
+        ),
+        Strategy::Auto if mine.mem_track => (
+            Strategy::PreCopy,
+            format!("working set {mib} MiB; the source tracks dirty memory: pre-copy rounds while it runs, then only what changed, the source keeping a full copy until the destination confirms"),
+        ),
+        Strategy::Auto if mine.lazy_pages && theirs.lazy_pages => (
+            Strategy::PostCopy,
+            format!("working set {mib} MiB; {}; both have userfaultfd: post-copy runs it on the destination at once and moves memory after", pre()),
+        ),
+        Strategy::Auto => (
+            Strategy::StopAndCopy,
+            format!("working set {mib} MiB; {}; {}", pre(), post()),
+        ),
+    })
+}
+
+/// The terminal display (stderr; nothing when it is not a terminal or
+/// with --json).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(on: bool) -> Progress {
+        Progress(on.then(|| {
+            let p = indicatif::ProgressBar::new_spinner();
+            p.enable_steady_tick(Duration::from_millis(100));
+            p
+        }))
+    }
+    fn say(&self, msg: String) {
+        if let Some(p) = &self.0 {
+            p.set_message(msg.clone());
+        }
+        tracing::info!(target: "migrate", "{msg}");
+    }
+    fn line(&self, msg: String) {
+        if let Some(p) = &self.0 {
+            p.println(msg);
+        }
+    }
+    fn done(&self) {
+        if let Some(p) = &self.0 {
+            p.finish_and_clear();
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+/// Pages to the destination's page servers, one per round.
+struct ToDest<'a> {
+    /// None: post-copy (the pages stay here until fetched).
+    wire: Option<&'a mut Wire>,
+    addr: String,
+    progress: &'a Progress,
+    last_round: Option<u32>,
+    freeze: Option<Instant>,
+}
+
+impl Hooks for ToDest<'_> {
+    fn page_server(&mut self, k: u32) -> Result<Option<PageServer>> {
+        if k == 0 {
+            self.freeze = Some(Instant::now());
+            self.progress.say("final dump (container frozen)".into());
+        } else {
+            self.progress.say(format!("pre-copy round {k} (container running)"));
+        }
+        let Some(wire) = self.wire.as_deref_mut() else {
+            return Ok(None);
+        };
+        let (dir, parent) = match k {
+            0 => (String::new(), self.last_round.map(|r| Rounds::dir(r).display().to_string())),
+            1 => ("pre-1".to_string(), None),
+            k => (
+                Rounds::dir(k).display().to_string(),
+                Some(format!("../{}", Rounds::dir(k - 1).display())),
+            ),
+        };
+        wire.send(&Msg::OpenPages { dir, parent })?;
+        let Msg::PagesAt { port } = wire.expect("pages-at")? else {
+            unreachable!()
+        };
+        Ok(Some(PageServer {
+            address: self.addr.clone(),
+            port,
+        }))
+    }
+
+    fn round_done(&mut self, r: &RoundReport) {
+        self.last_round = Some(r.round);
+        let bytes = r.pages_written * 4096;
+        let rate = bytes as f64 / (r.criu_request_ms / 1e3).max(1e-3);
+        self.progress.line(format!(
+            "round {}: {} pages ({}) in {:.0} ms, {}/s",
+            r.round,
+            r.pages_written,
+            human(bytes),
+            r.criu_request_ms,
+            human(rate as u64)
+        ));
+    }
+}
+
+/// A free TCP port on `addr` for the source's lazy page server.
+fn free_port(addr: &str) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((addr, 0))?.local_addr()?.port())
+}
+
+pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
+    let started = Instant::now();
+    let tls = Tls::from_dir(&args.tls_dir)?;
+    let timeout = criu_timeout(ctx)?;
+    let id = args.container_id.clone();
+    let dest_id = args.dest_id.clone().unwrap_or_else(|| id.clone());
+    crate::store::validate_id(&dest_id)?;
+    let c = ctx.store.load(&id)?;
+    match c.status() {
+        ContainerStatus::Running | ContainerStatus::Paused => {}
+        s => bail!("container \"{id}\" is {s:?}: only a running container can be migrated"),
+    }
+    let pid = c.pid().context("container has no init pid")?.as_raw();
+    let config_path = c.bundle().join("config.json");
+    let config = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let spec = crate::bundle::parse_config(&config_path)?;
+    let rootfs = {
+        let r = spec.root().as_ref().context("config.json has no root")?.path();
+        if r.is_absolute() {
+            r.clone()
+        } else {
+            c.bundle().join(r)
+        }
+    };
+    let ws = working_set(pid);
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
+    let work = ctx
+        .store
+        .root()
+        .join(".migrate")
+        .join(format!("{id}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    make_dir(&work, "migration work directory")?;
+    let result = run(&args, ctx, &tls, timeout, &work, &config, &rootfs, ws, &progress, &dest_id);
+    progress.done();
+    match result {
+        Ok(mut report) => {
+            let _ = std::fs::remove_dir_all(&work);
+            report.total_ms = ms(started.elapsed());
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(work.join("images"));
+            Err(e.context(format!(
+                "migration of \"{id}\" to {} failed (CRIU's logs: {})",
+                args.destination,
+                work.display()
+            )))
+        }
+    }
+}
+
+fn print_report(r: &MigrationReport) {
+    println!(
+        "migrated {} to {} as {}: {} ({})",
+        r.container_id, r.destination, r.destination_id, r.strategy, r.why
+    );
+    for x in &r.rounds {
+        println!(
+            "  round {}: {} pages, {}, {:.0} ms",
+            x.round,
+            x.pages_written,
+            human(x.pages_written * 4096),
+            x.criu_request_ms
+        );
+    }
+    println!(
+        "  downtime {:.0} ms (CRIU frozen {:.0} ms; final dump {:.0} ms, images {:.0} ms, restore {:.0} ms)",
+        r.downtime_ms, r.frozen_time_ms, r.final_dump_ms, r.images_transfer_ms, r.restore_ms
+    );
+    println!(
+        "  sent: pages {}, images {}, rootfs {}; total {:.0} ms",
+        human(r.page_bytes),
+        human(r.images_bytes),
+        human(r.rootfs_bytes),
+        r.total_ms
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    args: &MigrateArgs,
+    ctx: &Ctx,
+    tls: &Tls,
+    timeout: Duration,
+    work: &Path,
+    config: &str,
+    rootfs: &Path,
+    ws: u64,
+    progress: &Progress,
+    dest_id: &str,
+) -> Result<MigrationReport> {
+    let id = &args.container_id;
+    progress.say(format!("connecting to {}", args.destination));
+    let mut w = Wire::connect(&args.destination, tls, timeout)?;
+    let mine = super::abilities(ctx, &work.join("probe"))?;
+    let criu = CriuWire {
+        tcp_established: args.tcp_established,
+        ext_unix_sk: args.ext_unix_sk,
+        shell_job: args.shell_job,
+        file_locks: args.file_locks,
+        manage_cgroups_mode: args.manage_cgroups_mode.clone(),
+    };
+    w.send(&Msg::Hello {
+        version: VERSION,
+        id: dest_id.to_string(),
+        config: config.to_string(),
+        bundle: args.dest_bundle.as_ref().map(|p| p.display().to_string()),
+        netns: args.dest_netns.as_ref().map(|p| p.display().to_string()),
+        criu: criu.clone(),
+        abilities: mine.clone(),
+    })?;
+    let Msg::Welcome { abilities: theirs } = w.expect("welcome")? else {
+        unreachable!()
+    };
+    let (strategy, why) = choose(args.strategy, &mine, &theirs, ws)?;
+    progress.line(format!("strategy: {} ({why})", strategy.name()));
+    w.send(&Msg::Plan {
+        strategy,
+        why: why.clone(),
+    })?;
+    let mut report = MigrationReport {
+        container_id: id.clone(),
+        destination: args.destination.clone(),
+        destination_id: dest_id.to_string(),
+        strategy: strategy.name(),
+        why,
+        working_set_bytes: ws,
+        source: mine,
+        target: theirs,
+        rounds: Vec::new(),
+        pre_copy_stopped: None,
+        final_pages_written: 0,
+        final_pages_lazy: 0,
+        frozen_time_ms: 0.0,
+        downtime_ms: 0.0,
+        final_dump_ms: 0.0,
+        images_transfer_ms: 0.0,
+        restore_ms: 0.0,
+        rootfs_bytes: 0,
+        images_bytes: 0,
+        page_bytes: 0,
+        total_ms: 0.0,
+    };
+    if args.dest_bundle.is_none() {
+        progress.say(format!("sending the rootfs {}", rootfs.display()));
+        report.rootfs_bytes = w.send_tar("rootfs", rootfs)?;
+    }
+    let images = work.join("images");
+    let opts = CheckpointOptions {
+        id: id.clone(),
+        image_path: images.clone(),
+        work_path: work.join("work"),
+        parent_path: None,
+        leave_running: false,
+        pre_dump: false,
+        tcp_skip_in_flight: false,
+        link_remap: false,
+        page_server: None,
+        status_fd: None,
+        rounds: (strategy == Strategy::PreCopy).then_some(Rounds {
+            max: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS),
+            until_converged: true,
+        }),
+        lazy_confirm: false,
+        keep_frozen: true,
+        common: CriuCommon {
+            tcp_established: args.tcp_established,
+            ext_unix_sk: args.ext_unix_sk,
+            shell_job: args.shell_job,
+            file_locks: args.file_locks,
+            lazy_pages: false,
+            manage_cgroups_mode: args
+                .manage_cgroups_mode
+                .as_deref()
+                .map(CgMode::parse)
+                .transpose()?,
+            empty_ns: 0,
+            auto_dedup: false,
+            tls: Some(tls.clone()),
+        },
+    };
+    let addr = w.peer_ip()?.to_string();
+    if strategy == Strategy::PostCopy {
+        post_copy(opts, ctx, w, progress, &mut report)?;
+    } else {
+        stop_and_copy(opts, ctx, &mut w, addr, progress, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn fill_dump(report: &mut MigrationReport, d: &stats::Report) {
+    if let stats::CriuStats::Dump(s) = &d.criu {
+        report.final_pages_written = s.pages_written;
+        report.final_pages_lazy = s.pages_lazy;
+        report.frozen_time_ms = s.frozen_time_us as f64 / 1e3;
+    }
+    report.final_dump_ms = d.criu_request_ms;
+    report.rounds = d.rounds.clone();
+    report.pre_copy_stopped = d.pre_copy_stopped.clone();
+    report.page_bytes = (report.final_pages_written
+        + report.rounds.iter().map(|r| r.pages_written).sum::<u64>())
+        * 4096;
+}
+
+/// Stop-and-copy and pre-copy: pages to the destination's page servers;
+/// the container kept frozen here until the destination has restored it.
+fn stop_and_copy(
+    opts: CheckpointOptions,
+    ctx: &Ctx,
+    w: &mut Wire,
+    addr: String,
+    progress: &Progress,
+    report: &mut MigrationReport,
+) -> Result<()> {
+    let images = opts.image_path.clone();
+    let mut hooks = ToDest {
+        wire: Some(w),
+        addr,
+        progress,
+        last_round: None,
+        freeze: None,
+    };
+    let dumped = checkpoint::dump(opts, false, ctx, &mut hooks)
+        .context("the container keeps running on the source")?;
+    let freeze = hooks.freeze.unwrap_or_else(Instant::now);
+    fill_dump(report, &dumped.report);
+    let mut kept = dumped.kept.context("the dump did not keep the container")?;
+    let res = (|| -> Result<f64> {
+        progress.say("sending CRIU's images".into());
+        let t = Instant::now();
+        report.images_bytes = w.send_tar("images", &images)?;
+        report.images_transfer_ms = ms(t.elapsed());
+        progress.say("restoring on the destination".into());
+        w.send(&Msg::Restore { lazy: None })?;
+        let Msg::Restored { restore_ms, .. } = w.expect("restored")? else {
+            unreachable!()
+        };
+        Ok(restore_ms)
+    })();
+    let restore_ms = match res {
+        Ok(r) => r,
+        Err(e) => {
+            let thawed = kept.thaw();
+            return Err(e.context(match thawed {
+                Ok(()) => "the container was thawed and keeps running on the source".to_string(),
+                Err(t) => format!("and thawing the container on the source failed too: {t:#}"),
+            }));
+        }
+    };
+    report.restore_ms = restore_ms;
+    // The point of no return: from here the source copy is never thawed
+    // by us or the janitor (the destination may already run it).
+    kept.no_return();
+    w.send(&Msg::Commit).and_then(|_| w.expect("committed")).map_err(|e| {
+        e.context(format!(
+            "the destination did not confirm that it runs the container: the copy on the source is left frozen (not running, not lost). \
+             If `cntrlive-runtime state {}` on the destination shows it running, `delete --force` it here; otherwise `resume` it here",
+            report.destination_id
+        ))
+    })?;
+    report.downtime_ms = ms(freeze.elapsed());
+    kept.kill()?;
+    Ok(())
+}
+
+/// Post-copy: the source serves the pages (CRIU's page server, TLS); the
+/// destination restores at once and fetches them; the source's copy,
+/// frozen, ends when the destination's supervisor confirms every page
+/// arrived (criu::lazy), or thaws if it says it failed.
+fn post_copy(
+    mut opts: CheckpointOptions,
+    ctx: &Ctx,
+    mut w: Wire,
+    progress: &Progress,
+    report: &mut MigrationReport,
+) -> Result<()> {
+    let addr = w.local_ip()?.to_string();
+    let port = free_port(&addr)?;
+    let at = format!("{addr}:{port}");
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    opts.common.lazy_pages = true;
+    opts.lazy_confirm = true;
+    opts.keep_frozen = false;
+    opts.page_server = Some(PageServer {
+        address: addr.clone(),
+        port,
+    });
+    opts.status_fd = Some(ready_w.as_raw_fd());
+    let images = opts.image_path.clone();
+    let helper = std::thread::spawn(move || -> (Wire, Result<(f64, f64, u64, Instant)>) {
+        let r = (|| {
+            let mut b = [0u8; 1];
+            let mut f = std::fs::File::from(ready_r);
+            if f.read(&mut b)? != 1 {
+                bail!("the lazy dump ended before its page server was ready");
+            }
+            let t = Instant::now();
+            let bytes = w.send_tar("images", &images)?;
+            let images_ms = ms(t.elapsed());
+            w.send(&Msg::Restore {
+                lazy: Some(at.clone()),
+            })?;
+            let Msg::Restored { restore_ms, .. } = w.expect("restored")? else {
+                unreachable!()
+            };
+            Ok((images_ms, restore_ms, bytes, Instant::now()))
+        })();
+        if r.is_err() {
+            // The dump waits for a destination that will not come: cancel
+            // it (the container is thawed on the way out).
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+        }
+        (w, r)
+    });
+    let mut hooks = ToDest {
+        wire: None,
+        addr: addr.clone(),
+        progress,
+        last_round: None,
+        freeze: None,
+    };
+    let dumped = checkpoint::dump(opts, false, ctx, &mut hooks);
+    let freeze = hooks.freeze;
+    // The helper waits for readiness: a dump that failed before never
+    // gives it; closing our end ends its wait.
+    drop(ready_w);
+    let (mut w, helped) = helper.join().map_err(|_| anyhow::anyhow!("migration helper thread panicked"))?;
+    let (images_ms, restore_ms, bytes, restored_at) = match helped {
+        Err(e) => {
+            let why = match dumped {
+                Err(d) => format!("{e:#}; {d:#}"),
+                Ok(_) => format!("{e:#}"),
+            };
+            bail!("{why}");
+        }
+        Ok(h) => h,
+    };
+    let dumped = dumped.context("post-copy did not complete; the source copy was thawed and keeps running (the destination's copy was killed)")?;
+    fill_dump(report, &dumped.report);
+    report.images_transfer_ms = images_ms;
+    report.images_bytes = bytes;
+    report.restore_ms = restore_ms;
+    report.page_bytes = report.final_pages_lazy * 4096;
+    // Post-copy's downtime ends when the destination runs it, long before
+    // the last page has arrived.
+    report.downtime_ms = freeze
+        .map(|f| ms(restored_at.saturating_duration_since(f)))
+        .unwrap_or(0.0);
+    let _ = w.send(&Msg::Commit);
+    Ok(())
+}
