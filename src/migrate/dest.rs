@@ -13,8 +13,8 @@
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -104,15 +104,23 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
 fn busy_cgroup(config: &str, id: &str) -> Option<PathBuf> {
     let spec: oci_spec::runtime::Spec = serde_json::from_str(config).ok()?;
     let youki = libcontainer::config::YoukiConfig::from_spec(&spec, id).ok()?;
-    let rel = youki.cgroup_path.strip_prefix("/").unwrap_or(&youki.cgroup_path).to_path_buf();
-    ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(|base| Path::new(base).join(&rel))
-        .find(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs"))
-                .map(|t| !t.trim().is_empty())
-                .unwrap_or(false)
-        })
+    let rel = youki
+        .cgroup_path
+        .strip_prefix("/")
+        .unwrap_or(&youki.cgroup_path)
+        .to_path_buf();
+    [
+        "/sys/fs/cgroup/freezer",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|base| Path::new(base).join(&rel))
+    .find(|d| {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .map(|t| !t.trim().is_empty())
+            .unwrap_or(false)
+    })
 }
 
 /// Replace a config's root and network namespace for this host.
@@ -200,10 +208,16 @@ impl Receive<'_> {
                 format!("protocol version {version} (this destination speaks {VERSION}): run the same cntrlive-runtime version on both hosts"),
             );
         }
-        if let Err(e) = crate::store::validate_id(&id).map_err(anyhow::Error::from).and_then(|_| {
-            self.ctx.store.ensure_free(&id).map_err(anyhow::Error::from)
-        }) {
-            return refuse(w, format!("{e:#} on the destination: pass --dest-id NEW_ID, or delete it there first"));
+        if let Err(e) = crate::store::validate_id(&id)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| self.ctx.store.ensure_free(&id).map_err(anyhow::Error::from))
+        {
+            return refuse(
+                w,
+                format!(
+                    "{e:#} on the destination: pass --dest-id NEW_ID, or delete it there first"
+                ),
+            );
         }
         self.id = id.clone();
         if let Some(busy) = busy_cgroup(&config, &id) {
@@ -216,7 +230,10 @@ impl Receive<'_> {
         }
         if let Some(ns) = &netns {
             if !Path::new(ns).exists() {
-                return refuse(w, format!("--dest-netns {ns} does not exist on the destination"));
+                return refuse(
+                    w,
+                    format!("--dest-netns {ns} does not exist on the destination"),
+                );
             }
         }
         self.dir = work_root.join(format!(
@@ -285,13 +302,36 @@ impl Receive<'_> {
                             let _ = w.send(&Msg::PagesAt { port });
                         },
                     )
-                    .with_context(|| format!("receiving the pages of {}", if dir.is_empty() { "the final dump" } else { &dir }))?;
+                    .with_context(|| {
+                        format!(
+                            "receiving the pages of {}",
+                            if dir.is_empty() {
+                                "the final dump"
+                            } else {
+                                &dir
+                            }
+                        )
+                    })?;
                 }
                 Msg::Tar { what, mode } if what == "images" => {
                     w.recv_tar_body(&images, mode)?;
                 }
+                Msg::Tar { what, mode } if what == "rootfs" && bundle.is_none() => {
+                    // The second pass: what changed while it ran.
+                    w.recv_tar_body(&rootfs, mode)?;
+                }
+                Msg::Prune { what, keep } if what == "rootfs" && bundle.is_none() => {
+                    super::wire::prune_tree(&rootfs, &keep)?;
+                }
                 Msg::Restore { lazy } => {
-                    let restored = self.restore(&images, &work, &bundle_dir, &criu, lazy.as_deref(), strategy)?;
+                    let restored = self.restore(
+                        &images,
+                        &work,
+                        &bundle_dir,
+                        &criu,
+                        lazy.as_deref(),
+                        strategy,
+                    )?;
                     w.send(&restored)?;
                     if lazy.is_some() {
                         // Post-copy: running already; the source ends when
@@ -313,7 +353,11 @@ impl Receive<'_> {
         self.run_cmd(&["kill", "--all", &self.id, "SIGCONT"])
             .context("failed to let the restored container run")?;
         w.send(&Msg::Committed)?;
-        tracing::info!(id = self.id, ms = self.started.elapsed().as_millis() as u64, "migration done");
+        tracing::info!(
+            id = self.id,
+            ms = self.started.elapsed().as_millis() as u64,
+            "migration done"
+        );
         let _ = std::fs::remove_dir_all(&images);
         Ok(())
     }

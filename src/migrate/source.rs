@@ -41,7 +41,8 @@ pub struct MigrationReport {
     /// to fetch: `pages_lazy`), CRIU's frozen time.
     pub final_pages_written: u64,
     pub final_pages_lazy: u64,
-    pub frozen_time_ms: f64,
+    /// None for post-copy (CRIU does not measure it then).
+    pub frozen_time_ms: Option<f64>,
     /// From the freeze until the destination runs it (as the source sees).
     pub downtime_ms: f64,
     /// The final dump, pages streamed to the destination included.
@@ -177,13 +178,18 @@ impl Hooks for ToDest<'_> {
             self.freeze = Some(Instant::now());
             self.progress.say("final dump (container frozen)".into());
         } else {
-            self.progress.say(format!("pre-copy round {k} (container running)"));
+            self.progress
+                .say(format!("pre-copy round {k} (container running)"));
         }
         let Some(wire) = self.wire.as_deref_mut() else {
             return Ok(None);
         };
         let (dir, parent) = match k {
-            0 => (String::new(), self.last_round.map(|r| Rounds::dir(r).display().to_string())),
+            0 => (
+                String::new(),
+                self.last_round
+                    .map(|r| Rounds::dir(r).display().to_string()),
+            ),
             1 => ("pre-1".to_string(), None),
             k => (
                 Rounds::dir(k).display().to_string(),
@@ -238,7 +244,11 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let spec = crate::bundle::parse_config(&config_path)?;
     let rootfs = {
-        let r = spec.root().as_ref().context("config.json has no root")?.path();
+        let r = spec
+            .root()
+            .as_ref()
+            .context("config.json has no root")?
+            .path();
         if r.is_absolute() {
             r.clone()
         } else {
@@ -254,7 +264,9 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         .join(format!("{id}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     make_dir(&work, "migration work directory")?;
-    let result = run(&args, ctx, &tls, timeout, &work, &config, &rootfs, ws, &progress, &dest_id);
+    let result = run(
+        &args, ctx, &tls, timeout, &work, &config, &rootfs, ws, &progress, &dest_id,
+    );
     progress.done();
     match result {
         Ok(mut report) => {
@@ -292,10 +304,21 @@ fn print_report(r: &MigrationReport) {
             x.criu_request_ms
         );
     }
+    let frozen = r
+        .frozen_time_ms
+        .map(|f| format!("CRIU frozen {f:.0} ms; "))
+        .unwrap_or_default();
     println!(
-        "  downtime {:.0} ms (CRIU frozen {:.0} ms; final dump {:.0} ms, images {:.0} ms, restore {:.0} ms)",
-        r.downtime_ms, r.frozen_time_ms, r.final_dump_ms, r.images_transfer_ms, r.restore_ms
+        "  downtime {:.0} ms ({frozen}final dump {:.0} ms, images {:.0} ms, restore {:.0} ms)",
+        r.downtime_ms, r.final_dump_ms, r.images_transfer_ms, r.restore_ms
     );
+    if r.final_pages_lazy > 0 {
+        println!(
+            "  post-copy: {} pages ({}) fetched by the destination after it started",
+            r.final_pages_lazy,
+            human(r.final_pages_lazy * 4096)
+        );
+    }
     println!(
         "  sent: pages {}, images {}, rootfs {}; total {:.0} ms",
         human(r.page_bytes),
@@ -360,7 +383,7 @@ fn run(
         pre_copy_stopped: None,
         final_pages_written: 0,
         final_pages_lazy: 0,
-        frozen_time_ms: 0.0,
+        frozen_time_ms: None,
         downtime_ms: 0.0,
         final_dump_ms: 0.0,
         images_transfer_ms: 0.0,
@@ -370,10 +393,22 @@ fn run(
         page_bytes: 0,
         total_ms: 0.0,
     };
-    if args.dest_bundle.is_none() {
+    // The rootfs in two passes: all of it while the container runs, then,
+    // frozen, what changed since (ctime) and what was deleted.
+    let second_pass = if args.dest_bundle.is_none() {
         progress.say(format!("sending the rootfs {}", rootfs.display()));
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64 - 1)
+            .unwrap_or(0);
         report.rootfs_bytes = w.send_tar("rootfs", rootfs)?;
-    }
+        Some(RootfsDelta {
+            dir: rootfs.to_path_buf(),
+            since,
+        })
+    } else {
+        None
+    };
     let images = work.join("images");
     let opts = CheckpointOptions {
         id: id.clone(),
@@ -410,18 +445,36 @@ fn run(
     };
     let addr = w.peer_ip()?.to_string();
     if strategy == Strategy::PostCopy {
-        post_copy(opts, ctx, w, progress, &mut report)?;
+        post_copy(opts, ctx, w, progress, second_pass, &mut report)?;
     } else {
-        stop_and_copy(opts, ctx, &mut w, addr, progress, &mut report)?;
+        stop_and_copy(opts, ctx, &mut w, addr, progress, second_pass, &mut report)?;
     }
     Ok(report)
+}
+
+/// The rootfs's second pass, sent while the container is frozen.
+struct RootfsDelta {
+    dir: std::path::PathBuf,
+    since: i64,
+}
+
+impl RootfsDelta {
+    fn send(&self, w: &mut Wire) -> Result<u64> {
+        let keep = super::wire::list_tree(&self.dir)?;
+        let n = w.send_tar_since("rootfs", &self.dir, Some(self.since))?;
+        w.send(&Msg::Prune {
+            what: "rootfs".into(),
+            keep,
+        })?;
+        Ok(n)
+    }
 }
 
 fn fill_dump(report: &mut MigrationReport, d: &stats::Report) {
     if let stats::CriuStats::Dump(s) = &d.criu {
         report.final_pages_written = s.pages_written;
         report.final_pages_lazy = s.pages_lazy;
-        report.frozen_time_ms = s.frozen_time_us as f64 / 1e3;
+        report.frozen_time_ms = Some(s.frozen_time_us as f64 / 1e3);
     }
     report.final_dump_ms = d.criu_request_ms;
     report.rounds = d.rounds.clone();
@@ -439,6 +492,7 @@ fn stop_and_copy(
     w: &mut Wire,
     addr: String,
     progress: &Progress,
+    delta: Option<RootfsDelta>,
     report: &mut MigrationReport,
 ) -> Result<()> {
     let images = opts.image_path.clone();
@@ -457,6 +511,9 @@ fn stop_and_copy(
     let res = (|| -> Result<f64> {
         progress.say("sending CRIU's images".into());
         let t = Instant::now();
+        if let Some(d) = &delta {
+            report.rootfs_bytes += d.send(w)?;
+        }
         report.images_bytes = w.send_tar("images", &images)?;
         report.images_transfer_ms = ms(t.elapsed());
         progress.say("restoring on the destination".into());
@@ -501,6 +558,7 @@ fn post_copy(
     ctx: &Ctx,
     mut w: Wire,
     progress: &Progress,
+    delta: Option<RootfsDelta>,
     report: &mut MigrationReport,
 ) -> Result<()> {
     let addr = w.local_ip()?.to_string();
@@ -516,6 +574,7 @@ fn post_copy(
     });
     opts.status_fd = Some(ready_w.as_raw_fd());
     let images = opts.image_path.clone();
+    let images_dir = images.clone();
     let helper = std::thread::spawn(move || -> (Wire, Result<(f64, f64, u64, Instant)>) {
         let r = (|| {
             let mut b = [0u8; 1];
@@ -524,7 +583,10 @@ fn post_copy(
                 bail!("the lazy dump ended before its page server was ready");
             }
             let t = Instant::now();
-            let bytes = w.send_tar("images", &images)?;
+            let mut bytes = w.send_tar("images", &images)?;
+            if let Some(d) = &delta {
+                bytes += d.send(&mut w)?;
+            }
             let images_ms = ms(t.elapsed());
             w.send(&Msg::Restore {
                 lazy: Some(at.clone()),
@@ -553,7 +615,9 @@ fn post_copy(
     // The helper waits for readiness: a dump that failed before never
     // gives it; closing our end ends its wait.
     drop(ready_w);
-    let (mut w, helped) = helper.join().map_err(|_| anyhow::anyhow!("migration helper thread panicked"))?;
+    let (mut w, helped) = helper
+        .join()
+        .map_err(|_| anyhow::anyhow!("migration helper thread panicked"))?;
     let (images_ms, restore_ms, bytes, restored_at) = match helped {
         Err(e) => {
             let why = match dumped {
@@ -569,6 +633,8 @@ fn post_copy(
     report.images_transfer_ms = images_ms;
     report.images_bytes = bytes;
     report.restore_ms = restore_ms;
+    report.frozen_time_ms = None;
+    report.final_pages_lazy = stats::lazy_pages_in(&images_dir);
     report.page_bytes = report.final_pages_lazy * 4096;
     // Post-copy's downtime ends when the destination runs it, long before
     // the last page has arrived.

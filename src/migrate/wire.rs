@@ -103,6 +103,9 @@ pub enum Msg {
     /// A tar stream follows: `rootfs` or `images`; `mode`: of its top
     /// directory (CRIU checks the root's mode on restore).
     Tar { what: String, mode: u32 },
+    /// Source → destination: remove from the received `what` tree every
+    /// path not in `keep` (files deleted since the first pass).
+    Prune { what: String, keep: Vec<String> },
     /// Source → destination: start a page server into `dir` (relative to
     /// the image dir; "" for the final dump), with `parent` as its parent.
     OpenPages { dir: String, parent: Option<String> },
@@ -130,6 +133,7 @@ impl Msg {
             Msg::Refused { .. } => "refused",
             Msg::Plan { .. } => "plan",
             Msg::Tar { .. } => "tar",
+            Msg::Prune { .. } => "prune",
             Msg::OpenPages { .. } => "open-pages",
             Msg::PagesAt { .. } => "pages-at",
             Msg::Restore { .. } => "restore",
@@ -142,7 +146,13 @@ impl Msg {
 }
 
 /// Load the CA, certificate and key of a TLS directory.
-fn load(t: &Tls) -> Result<(rustls::RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+fn load(
+    t: &Tls,
+) -> Result<(
+    rustls::RootCertStore,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+)> {
     let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>> {
         let v = CertificateDer::pem_file_iter(p)
             .with_context(|| format!("cannot read certificates from {}", p.display()))?
@@ -221,10 +231,7 @@ impl Wire {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
         tcp.set_write_timeout(Some(timeout))?;
-        let peer = tcp
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let conn = rustls::ServerConnection::new(Arc::new(cfg))?;
         let mut s = rustls::StreamOwned::new(conn, tcp.try_clone()?);
         while s.conn.is_handshaking() {
@@ -279,7 +286,14 @@ impl Wire {
             match self.inner.read(&mut buf[off..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => off += n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     if let Some(sig) = cancel.and_then(|c| c.pending()) {
                         return Err(io::Error::other(format!("cancelled by signal {sig}")));
                     }
@@ -312,7 +326,13 @@ impl Wire {
         let data = serde_json::to_vec(m)?;
         self.frame(&data)
             .and_then(|_| self.inner.flush())
-            .with_context(|| format!("lost the connection to {} (sending {})", self.peer(), m.kind()))
+            .with_context(|| {
+                format!(
+                    "lost the connection to {} (sending {})",
+                    self.peer(),
+                    m.kind()
+                )
+            })
     }
 
     pub fn recv(&mut self) -> Result<Msg> {
@@ -347,6 +367,12 @@ impl Wire {
     /// Send the tree `dir` as a tar stream (files, dirs, symlinks, devices;
     /// CRIU's logs and stats excluded). Returns the bytes sent.
     pub fn send_tar(&mut self, what: &str, dir: &Path) -> Result<u64> {
+        self.send_tar_since(what, dir, None)
+    }
+
+    /// The same, files only if changed (ctime) at or after `since`
+    /// (directories and symlinks always).
+    pub fn send_tar_since(&mut self, what: &str, dir: &Path, since: Option<i64>) -> Result<u64> {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -362,7 +388,7 @@ impl Wire {
             let mut b = tar::Builder::new(Chunked::new(self));
             b.follow_symlinks(false);
             b.mode(tar::HeaderMode::Complete);
-            append_tree(&mut b, dir, Path::new(""))
+            append_tree(&mut b, dir, Path::new(""), since)
                 .with_context(|| format!("failed to send {}", dir.display()))?;
             let w = b.into_inner()?;
             w.finish()?;
@@ -383,7 +409,12 @@ impl Wire {
     pub fn recv_tar_body(&mut self, dir: &Path, mode: u32) -> Result<u64> {
         let before = self.received;
         crate::commands::checkpoint::make_dir(dir, "directory")?;
-        let mut reader = Unchunked { wire: self, buf: Vec::new(), pos: 0, done: false };
+        let mut reader = Unchunked {
+            wire: self,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        };
         {
             let mut a = tar::Archive::new(&mut reader);
             a.set_preserve_permissions(true);
@@ -397,8 +428,9 @@ impl Wire {
                 if e.header().entry_type().is_symlink() {
                     let _ = std::fs::remove_file(&target);
                 }
-                e.unpack_in(dir)
-                    .with_context(|| format!("failed to unpack {} into {}", rel.display(), dir.display()))?;
+                e.unpack_in(dir).with_context(|| {
+                    format!("failed to unpack {} into {}", rel.display(), dir.display())
+                })?;
             }
         }
         // Drain to the end marker.
@@ -417,7 +449,13 @@ fn tls_error(e: io::Error, peer: &str) -> anyhow::Error {
 }
 
 /// Walk `root/rel` into the archive without following symlinks.
-fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
+fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    since: Option<i64>,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
@@ -431,8 +469,10 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io
         let ft = e.file_type()?;
         if ft.is_dir() {
             b.append_dir(&r, e.path())?;
-            append_tree(b, root, &r)?;
-        } else {
+            append_tree(b, root, &r, since)?;
+        } else if ft.is_symlink()
+            || since.is_none_or(|t| e.metadata().map(|m| m.ctime() >= t).unwrap_or(true))
+        {
             b.append_path_with_name(e.path(), &r)?;
         }
     }
@@ -447,7 +487,10 @@ struct Chunked<'a> {
 
 impl<'a> Chunked<'a> {
     fn new(wire: &'a mut Wire) -> Self {
-        Chunked { wire, buf: Vec::with_capacity(CHUNK) }
+        Chunked {
+            wire,
+            buf: Vec::with_capacity(CHUNK),
+        }
     }
     fn finish(mut self) -> io::Result<()> {
         self.flush_buf()?;
@@ -504,4 +547,43 @@ impl Read for Unchunked<'_> {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Every path under `dir`, relative (what a later `Prune` keeps).
+pub fn list_tree(dir: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) -> io::Result<()> {
+        for e in std::fs::read_dir(root.join(rel))?.flatten() {
+            let r = rel.join(e.file_name());
+            out.push(r.display().to_string());
+            if e.file_type()?.is_dir() {
+                walk(root, &r, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, Path::new(""), &mut out).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(out)
+}
+
+/// Remove from `dir` what is not in `keep` (deepest first).
+pub fn prune_tree(dir: &Path, keep: &[String]) -> Result<usize> {
+    let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
+    let mut have = list_tree(dir)?;
+    have.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    let mut removed = 0;
+    for p in have {
+        if !keep.contains(p.as_str()) {
+            let full = dir.join(&p);
+            let gone = match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full),
+                Ok(_) => std::fs::remove_file(&full),
+                Err(_) => Ok(()),
+            };
+            if gone.is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -1,0 +1,229 @@
+"""`migrate`: one command moves a running container to another host's
+`migrate-listen`. The two "hosts" here are two state roots of ours on this
+machine, each with its own listener, work root and TLS directory (one
+migration CA, a certificate per host); memory pages go through CRIU's page
+server over TLS.
+
+runc has no `migrate` (the same move by hand — checkpoint, copy, restore —
+is what the checkpoint/restore tests and hack/bench_migrate.py do with
+runc); these scenarios run against ours only.
+
+Each test asserts the real outcome: the counter continues on the
+destination from where it stopped; the destination registered it (state,
+exec, delete, migrate back); the source no longer has it; and on every
+failure the container still runs on the source, not frozen, with nothing
+left registered on the destination."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+from faults import freezer_file, is_frozen
+from helpers import (OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status,
+                     wait_for)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run([str(OURS), "migrate-certs", "--dir", str(d / "ca"), "--host", "src", "--host", "dst"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(OURS), "migrate-certs", "--dir", str(d / "rogue"), "--host", "mallory"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return {"src": d / "ca/src", "dst": d / "ca/dst", "rogue": d / "rogue/mallory"}
+
+
+class Host:
+    """A state root of ours with a migrate-listen on 127.0.0.1."""
+
+    def __init__(self, tmp, name, tls, timeout="30s"):
+        self.rt = Runtime(OURS, tmp / name / "state")
+        self.work = tmp / name / "work"
+        self.tls = tls
+        self.timeout = timeout
+        self.err = open(tmp / f"{name}-listen.err", "w+")
+        self.listener = subprocess.Popen(
+            self.rt.argv("migrate-listen", "--listen", "127.0.0.1:0", "--tls-dir", tls,
+                         "--work-root", self.work, global_args=("--criu-timeout", timeout)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True)
+        line = self.listener.stdout.readline().decode()
+        assert line.startswith("listening on "), f"listener said {line!r}"
+        self.addr = line.split()[-1]
+
+    def migrate(self, cid, dest, *extra, check=True, timeout=120):
+        p = self.rt.run("migrate", "--json", "--tls-dir", self.tls, *extra, cid, dest.addr,
+                        check=check, timeout=timeout, global_args=("--criu-timeout", self.timeout))
+        return (json.loads(p.stdout) if p.returncode == 0 else None), p
+
+    def bundle_of(self, cid):
+        return pathlib.Path(self.rt.state(cid)["bundle"])
+
+    def close(self):
+        self.rt.cleanup()
+        os.killpg(self.listener.pid, signal.SIGKILL)
+        self.listener.wait()
+        self.listener.stdout.close()
+        self.err.close()
+
+
+@pytest.fixture
+def hosts(tmp_path, certs):
+    a = Host(tmp_path, "src", certs["src"])
+    b = Host(tmp_path, "dst", certs["dst"])
+    yield a, b
+    a.close()
+    b.close()
+
+
+def start_counter(host, path, cid):
+    b = make_bundle(path)
+    host.rt.run_piped("run", "-d", "--bundle", b, cid)
+    wait_for(lambda: read_count(b) > 3, what="counter to start")
+    return b
+
+
+def assert_runs_unfrozen_on(host, cid, b):
+    """The failure left the container running on the source, thawed, and
+    still counting."""
+    st = host.rt.state(cid)
+    assert st["status"] == "running", st
+    assert not is_frozen(freezer_file(st["pid"])), "left frozen on the source"
+    n = read_count(b)
+    wait_for(lambda: read_count(b) > n + 2, what="the source's counter to go on")
+
+
+def test_stop_and_copy_moves_registers_and_comes_back(hosts, tmp_path):
+    a, b = hosts
+    src = start_counter(a, tmp_path / "bundle", "web")
+    before = read_count(src)
+    report, _ = a.migrate("web", b, "--strategy", "stop-and-copy", "--dest-id", "web-b")
+    assert report["strategy"] == "stop-and-copy"
+    assert report["page_bytes"] > 0 and report["rootfs_bytes"] > 0 and report["downtime_ms"] > 0
+    # Gone from the source; registered and counting on the destination.
+    assert a.rt.list_ids() == []
+    assert b.rt.state("web-b")["status"] == "running"
+    moved = b.bundle_of("web-b")
+    assert moved.parent.parent == b.work, moved
+    wait_for(lambda: read_count(moved / "rootfs") if False else read_count(moved) > before + 3,
+             what="the counter to continue on the destination")
+    assert read_count(moved) >= before, "the counter restarted instead of continuing"
+    # A normal container there: exec into it, then move it back.
+    out = b.rt.run("exec", "web-b", "cat", "/tmp/count").stdout
+    assert int(out.strip()) > before
+    back, _ = b.migrate("web-b", a, "--strategy", "stop-and-copy", "--dest-id", "web")
+    assert back["strategy"] == "stop-and-copy"
+    assert b.rt.list_ids() == [] and a.rt.state("web")["status"] == "running"
+    home = a.bundle_of("web")
+    n = read_count(moved)
+    wait_for(lambda: read_count(home) > n + 2, what="the counter to continue after moving back")
+    a.rt.run("delete", "--force", "web")
+    assert a.rt.list_ids() == []
+
+
+def test_post_copy_runs_before_its_memory_arrives(hosts, tmp_path):
+    a, b = hosts
+    src = make_memwriter_bundle(tmp_path / "bundle", 64, 64)
+    a.rt.run_piped("run", "-d", "--bundle", src, "mem")
+    wait_for(lambda: read_mem_status(src)[0] > 20, timeout=30, what="memwriter to start")
+    ticks = read_mem_status(src)[0]
+    report, _ = a.migrate("mem", b, "--strategy", "post-copy", "--dest-id", "mem-b")
+    assert report["strategy"] == "post-copy"
+    # 64 MiB were left for the destination to fetch after it started.
+    assert report["final_pages_lazy"] * 4096 >= 64 << 20, report
+    assert report["frozen_time_ms"] is None
+    assert a.rt.list_ids() == []
+    moved = b.bundle_of("mem-b")
+    wait_for(lambda: read_mem_status(moved)[0] > ticks + 20, timeout=30,
+             what="memwriter to go on on the destination")
+    t, _, ok = read_mem_status(moved)
+    assert ok == 1, "memory checksum wrong after post-copy"
+
+
+def test_auto_says_what_it_chose_and_why(hosts, tmp_path):
+    a, b = hosts
+    start_counter(a, tmp_path / "small", "small")
+    r, _ = a.migrate("small", b, "--dest-id", "small-b")
+    assert r["strategy"] == "stop-and-copy" and "working set" in r["why"], r
+    big = make_memwriter_bundle(tmp_path / "big", 128, 64)
+    a.rt.run_piped("run", "-d", "--bundle", big, "big")
+    wait_for(lambda: read_mem_status(big)[0] > 20, timeout=30, what="memwriter to start")
+    r, _ = a.migrate("big", b, "--dest-id", "big-b")
+    # This kernel has no soft-dirty: post-copy, naming the missing feature.
+    assert r["strategy"] == "post-copy" and "CONFIG_MEM_SOFT_DIRTY" in r["why"], r
+    assert sorted(b.rt.list_ids()) == ["big-b", "small-b"]
+
+
+def test_pre_copy_refused_without_dirty_tracking(hosts, tmp_path):
+    a, b = hosts
+    src = start_counter(a, tmp_path / "bundle", "c1")
+    _, p = a.migrate("c1", b, "--strategy", "pre-copy", "--dest-id", "c1-b", check=False)
+    assert p.returncode == 1 and "CONFIG_MEM_SOFT_DIRTY" in p.stderr, p.stderr
+    assert_runs_unfrozen_on(a, "c1", src)
+    assert b.rt.list_ids() == []
+
+
+def test_destination_refuses_an_id_in_use(hosts, tmp_path):
+    a, b = hosts
+    src = start_counter(a, tmp_path / "a", "c1")
+    start_counter(b, tmp_path / "b", "taken")
+    _, p = a.migrate("c1", b, "--dest-id", "taken", check=False)
+    assert p.returncode == 1 and "taken" in p.stderr and "already exists" in p.stderr, p.stderr
+    assert_runs_unfrozen_on(a, "c1", src)
+    assert b.rt.list_ids() == ["taken"]
+
+
+def test_unauthenticated_peer_is_refused(hosts, tmp_path, certs):
+    a, b = hosts
+    src = start_counter(a, tmp_path / "bundle", "c1")
+    p = a.rt.run("migrate", "--tls-dir", certs["rogue"], "--dest-id", "c1-b", "c1", b.addr, check=False)
+    assert p.returncode == 1 and "TLS" in p.stderr, p.stderr
+    assert_runs_unfrozen_on(a, "c1", src)
+    assert b.rt.list_ids() == []
+
+
+def pids_of(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_destination_dies_mid_migration(hosts, tmp_path):
+    """The destination's receiving process is killed as soon as it starts."""
+    a, b = hosts
+    src = start_counter(a, tmp_path / "bundle", "c1")
+    p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--dest-id", "c1-b", "c1", b.addr),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victims = wait_for(lambda: pids_of(f"migrate-receive .*{b.work}"), timeout=20,
+                       what="the receiving process")
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert_runs_unfrozen_on(a, "c1", src)
+    assert b.rt.list_ids() == []
+
+
+def test_source_killed_during_the_final_dump(hosts, tmp_path):
+    """SIGKILL of `migrate` while the container is frozen for the final
+    dump: the source's janitor thaws it, the destination removes what it
+    received; the container runs on at the source."""
+    a, b = hosts
+    src = make_memwriter_bundle(tmp_path / "bundle", 128, 64)
+    a.rt.run_piped("run", "-d", "--bundle", src, "mem")
+    wait_for(lambda: read_mem_status(src)[0] > 20, timeout=30, what="memwriter to start")
+    ff = freezer_file(a.rt.state("mem")["pid"])
+    p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
+                                   "--dest-id", "mem-b", "mem", b.addr),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: is_frozen(ff), timeout=60, what="the final dump to freeze the container")
+    p.kill()
+    p.wait()
+    wait_for(lambda: not is_frozen(ff), timeout=10, what="the janitor to thaw the source")
+    t = read_mem_status(src)[0]
+    wait_for(lambda: read_mem_status(src)[0] > t + 20, timeout=30, what="memwriter to go on at the source")
+    assert read_mem_status(src)[2] == 1
+    assert a.rt.state("mem")["status"] == "running"
+    wait_for(lambda: b.rt.list_ids() == [], timeout=60, what="the destination to drop its copy")
