@@ -13,61 +13,20 @@ destination from where it stopped; the destination registered it (state,
 exec, delete, migrate back); the source no longer has it; and on every
 failure the container still runs on the source, not frozen, with nothing
 left registered on the destination."""
-import json
 import os
-import pathlib
 import signal
 import subprocess
-import time
 
 import pytest
 
 from faults import freezer_file, is_frozen
-from helpers import (OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status,
-                     wait_for)
+from helpers import make_memwriter_bundle, read_count, read_mem_status, wait_for
+from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run([str(OURS), "migrate-certs", "--dir", str(d / "ca"), "--host", "src", "--host", "dst"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([str(OURS), "migrate-certs", "--dir", str(d / "rogue"), "--host", "mallory"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return {"src": d / "ca/src", "dst": d / "ca/dst", "rogue": d / "rogue/mallory"}
-
-
-class Host:
-    """A state root of ours with a migrate-listen on 127.0.0.1."""
-
-    def __init__(self, tmp, name, tls, timeout="30s"):
-        self.rt = Runtime(OURS, tmp / name / "state")
-        self.work = tmp / name / "work"
-        self.tls = tls
-        self.timeout = timeout
-        self.err = open(tmp / f"{name}-listen.err", "w+")
-        self.listener = subprocess.Popen(
-            self.rt.argv("migrate-listen", "--listen", "127.0.0.1:0", "--tls-dir", tls,
-                         "--work-root", self.work, global_args=("--criu-timeout", timeout)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True)
-        line = self.listener.stdout.readline().decode()
-        assert line.startswith("listening on "), f"listener said {line!r}"
-        self.addr = line.split()[-1]
-
-    def migrate(self, cid, dest, *extra, check=True, timeout=120):
-        p = self.rt.run("migrate", "--json", "--tls-dir", self.tls, *extra, cid, dest.addr,
-                        check=check, timeout=timeout, global_args=("--criu-timeout", self.timeout))
-        return (json.loads(p.stdout) if p.returncode == 0 else None), p
-
-    def bundle_of(self, cid):
-        return pathlib.Path(self.rt.state(cid)["bundle"])
-
-    def close(self):
-        self.rt.cleanup()
-        os.killpg(self.listener.pid, signal.SIGKILL)
-        self.listener.wait()
-        self.listener.stdout.close()
-        self.err.close()
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -77,23 +36,6 @@ def hosts(tmp_path, certs):
     yield a, b
     a.close()
     b.close()
-
-
-def start_counter(host, path, cid):
-    b = make_bundle(path)
-    host.rt.run_piped("run", "-d", "--bundle", b, cid)
-    wait_for(lambda: read_count(b) > 3, what="counter to start")
-    return b
-
-
-def assert_runs_unfrozen_on(host, cid, b):
-    """The failure left the container running on the source, thawed, and
-    still counting."""
-    st = host.rt.state(cid)
-    assert st["status"] == "running", st
-    assert not is_frozen(freezer_file(st["pid"])), "left frozen on the source"
-    n = read_count(b)
-    wait_for(lambda: read_count(b) > n + 2, what="the source's counter to go on")
 
 
 def test_stop_and_copy_moves_registers_and_comes_back(hosts, tmp_path):
@@ -108,8 +50,7 @@ def test_stop_and_copy_moves_registers_and_comes_back(hosts, tmp_path):
     assert b.rt.state("web-b")["status"] == "running"
     moved = b.bundle_of("web-b")
     assert moved.parent.parent == b.work, moved
-    wait_for(lambda: read_count(moved / "rootfs") if False else read_count(moved) > before + 3,
-             what="the counter to continue on the destination")
+    wait_for(lambda: read_count(moved) > before + 3, what="the counter to continue on the destination")
     assert read_count(moved) >= before, "the counter restarted instead of continuing"
     # A normal container there: exec into it, then move it back.
     out = b.rt.run("exec", "web-b", "cat", "/tmp/count").stdout

@@ -23,6 +23,8 @@ VENV = pathlib.Path(sys.executable).parent
 RESULTS = pathlib.Path("/var/lib/cntrlive-test") / f"vm-{os.getpid()}"
 LOGS = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", TOP / "target" / "test-logs"))
 BOOT_TIMEOUT = 2400
+# For development: run only these inner tests (space-separated paths).
+INNER = os.environ.get("CNTRLIVE_VM_TESTS", "integration/vm")
 
 
 def soft_dirty_kernel():
@@ -39,7 +41,7 @@ def soft_dirty_kernel():
 @functools.lru_cache(maxsize=None)
 def inner_tests():
     env = dict(os.environ, CNTRLIVE_IN_VM="1")
-    p = subprocess.run([sys.executable, "-m", "pytest", "integration/vm", "--collect-only", "-q",
+    p = subprocess.run([sys.executable, "-m", "pytest", *INNER.split(), "--collect-only", "-q",
                         "-p", "no:cacheprovider"], cwd=TOP, env=env, capture_output=True, text=True)
     ids = [l.strip() for l in p.stdout.splitlines() if "::" in l]
     if not ids:
@@ -70,7 +72,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export CNTRLIVE_IN_VM=1 CNTRLIVE_VM_RESULTS={RESULTS}/data CNTRLIVE_TEST_RUNTIMES='{runtimes}' CNTRLIVE_TEST_DATA_ROOT=/var/tmp CNTRLIVE_TEST_LOGS={RESULTS}/logs
 cd {TOP}
 uname -r
-{sys.executable} -m pytest integration/vm -v -p no:cacheprovider \\
+{sys.executable} -m pytest {INNER} -v -p no:cacheprovider \\
     --junitxml={RESULTS}/junit.xml --basetemp=/var/tmp/cntrlive-vm
 echo $? > {RESULTS}/rc
 """)
