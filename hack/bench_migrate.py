@@ -38,13 +38,20 @@ STRATEGIES = ("stop-and-copy", "post-copy")
 class Observer(threading.Thread):
     """Polls a status file; remembers when its content last changed."""
 
-    def __init__(self, path):
+    def __init__(self, path, glob=None):
         super().__init__(daemon=True)
+        self.glob = glob
         self.path, self.last_change, self.first_change, self.stop = path, None, None, False
         self.seen = None
 
     def run(self):
         while not self.stop:
+            if self.path is None:
+                found = sorted(self.glob[0].glob(self.glob[1]))
+                if not found:
+                    time.sleep(0.001)
+                    continue
+                self.path = found[0]
             try:
                 v = self.path.read_text()
             except (FileNotFoundError, OSError):
@@ -67,24 +74,25 @@ def one(a, b, mib, rate, strategy, n):
         time.sleep(0.01)
     obs_src = Observer(src / "rootfs/tmp/count")
     obs_src.start()
+    # The destination's rootfs appears under its work root during the move.
+    obs_dst = Observer(None, (b.work, f"{cid}b-*/bundle/rootfs/tmp/count"))
+    obs_dst.start()
     time.sleep(0.2)
     report, _ = a.migrate(cid, b, "--strategy", strategy, "--dest-id", cid + "b", timeout=900)
     obs_src.stop = True
     dst = b.bundle_of(cid + "b") / "rootfs/tmp/count"
-    obs_dst = Observer(dst)
-    obs_dst.start()
     end = time.monotonic() + 120
     while obs_dst.first_change is None and time.monotonic() < end:
         time.sleep(0.001)
     obs_dst.stop = True
     if obs_dst.first_change is None:
         raise SystemExit(f"{strategy} {mib} MiB: the destination never answered")
-    # The observer of the destination starts after `migrate` returns; the
-    # container may have answered earlier (post-copy): then the gap is the
-    # migrate-reported downtime's upper bound, clamp at what we saw.
     downtime = (obs_dst.first_change - obs_src.last_change) * 1e3
     ok = read_mem_status(dst.parent.parent)[2]
-    b.rt.run("delete", "--force", cid + "b")
+    for _ in range(10):  # a 1 GiB process takes a while to go
+        if b.rt.run("delete", "--force", cid + "b", check=False).returncode == 0:
+            break
+        time.sleep(1)
     shutil.rmtree(src, ignore_errors=True)
     return {"mib": mib, "rate": rate, "strategy": strategy, "downtime_ms": downtime,
             "reported_downtime_ms": report["downtime_ms"], "total_ms": report["total_ms"],

@@ -116,6 +116,11 @@ install_venv() {
 		log "installing pytest into $PREFIX/venv"
 		"$PREFIX/venv/bin/pip" install -q pytest
 	fi
+	# hack/bench_migrate.py plots docs/migration-downtime.png.
+	if ! "$PREFIX/venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+		log "installing matplotlib into $PREFIX/venv (benchmark plots)"
+		"$PREFIX/venv/bin/pip" install -q matplotlib || log "matplotlib failed to install: benchmark plots will be missing"
+	fi
 }
 
 install_vm_tooling() {

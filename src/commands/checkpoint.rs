@@ -153,6 +153,9 @@ pub(crate) trait Hooks {
     }
     /// A pre-copy round is done.
     fn round_done(&mut self, _r: &stats::RoundReport) {}
+    /// The container was frozen for the final dump (by us; a paused
+    /// container was frozen already).
+    fn frozen(&mut self) {}
 }
 
 pub(crate) struct NoHooks;
@@ -408,6 +411,7 @@ pub(crate) fn dump(
                     format!("failed to freeze the container ({})", f.file.display())
                 })?;
         }
+        hooks.frozen();
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
         let criu_time = sent.elapsed();

@@ -173,9 +173,12 @@ struct ToDest<'a> {
 }
 
 impl Hooks for ToDest<'_> {
+    fn frozen(&mut self) {
+        self.freeze = Some(Instant::now());
+    }
+
     fn page_server(&mut self, k: u32) -> Result<Option<PageServer>> {
         if k == 0 {
-            self.freeze = Some(Instant::now());
             self.progress.say("final dump (container frozen)".into());
         } else {
             self.progress
