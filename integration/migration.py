@@ -23,14 +23,15 @@ def make_certs(d):
 class Host:
     """A state root of ours with a migrate-listen on 127.0.0.1."""
 
-    def __init__(self, tmp, name, tls, timeout="30s"):
+    def __init__(self, tmp, name, tls, timeout="30s", listen="127.0.0.1", netns=None):
         self.rt = Runtime(OURS, tmp / name / "state")
         self.work = tmp / name / "work"
         self.tls = tls
         self.timeout = timeout
         self.err = open(tmp / f"{name}-listen.err", "w+")
+        enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.listener = subprocess.Popen(
-            self.rt.argv("migrate-listen", "--listen", "127.0.0.1:0", "--tls-dir", tls,
+            enter + self.rt.argv("migrate-listen", "--listen", f"{listen}:0", "--tls-dir", tls,
                          "--work-root", self.work, global_args=("--criu-timeout", timeout)),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True)
         line = self.listener.stdout.readline().decode()

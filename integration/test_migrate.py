@@ -16,6 +16,7 @@ left registered on the destination."""
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -168,3 +169,55 @@ def test_source_killed_during_the_final_dump(hosts, tmp_path):
     assert read_mem_status(src)[2] == 1
     assert a.rt.state("mem")["status"] == "running"
     wait_for(lambda: b.rt.list_ids() == [], timeout=60, what="the destination to drop its copy")
+
+
+def test_network_cut_during_the_final_dump(tmp_path, certs):
+    """The destination "host" in a network namespace of its own, joined by
+    a veth pair; the link goes down while the pages of a 1 GiB final dump
+    stream. No RST, no EOF: only deadlines end it. With --criu-timeout 20s
+    on both sides: `migrate` fails within it, the container runs on at the
+    source, thawed, memory intact; the destination keeps nothing."""
+    ns, host_if, ns_if = f"cntm-{os.getpid()}", f"cm{os.getpid() % 100000}a", f"cm{os.getpid() % 100000}b"
+    src_ip, dst_ip = "10.232.0.1", "10.232.0.2"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    sh("ip", "netns", "add", ns)
+    a = b = None
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        sh("ip", "link", "set", ns_if, "netns", ns)
+        sh("ip", "addr", "add", f"{src_ip}/24", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{dst_ip}/24", "dev", ns_if)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        a = Host(tmp_path, "src", certs["src"], timeout="20s")
+        b = Host(tmp_path, "dst", certs["dst"], timeout="20s", listen=dst_ip, netns=ns)
+        src = make_memwriter_bundle(tmp_path / "bundle", 1024, 0)
+        a.rt.run_piped("run", "-d", "--bundle", src, "mem")
+        wait_for(lambda: read_mem_status(src)[0] > 20, timeout=60, what="memwriter to start")
+        ff = freezer_file(a.rt.state("mem")["pid"])
+        p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
+                                       "--dest-id", "mem-b", "mem", b.addr,
+                                       global_args=("--criu-timeout", "20s")),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: is_frozen(ff), timeout=60, what="the final dump to freeze the container")
+        time.sleep(0.3)
+        sh("ip", "link", "set", host_if, "down")
+        cut = time.monotonic()
+        _, err = p.communicate(timeout=120)
+        took = time.monotonic() - cut
+        if p.returncode == 0:
+            pytest.fail("the migration finished before the cut; make the working set larger")
+        assert took < 20 + 15, f"migrate took {took:.1f}s after the cut: {err.decode()}"
+        assert not is_frozen(ff), "left frozen"
+        assert a.rt.state("mem")["status"] == "running"
+        n = read_mem_status(src)[0]
+        wait_for(lambda: read_mem_status(src)[0] > n + 20, timeout=10, what="source memwriter to go on")
+        assert read_mem_status(src)[2] == 1
+        wait_for(lambda: b.rt.list_ids() == [], timeout=60, what="nothing registered on the destination")
+    finally:
+        for h in (a, b):
+            if h:
+                h.close()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
