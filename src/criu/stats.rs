@@ -417,3 +417,39 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
     }
     None
 }
+
+#[cfg(test)]
+mod pagemap_tests {
+    use super::*;
+
+    fn rec(fields: &[(u8, u64)]) -> Vec<u8> {
+        let mut pb = Vec::new();
+        for (key, mut v) in fields.iter().copied() {
+            pb.push(key);
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    pb.push(b);
+                    break;
+                }
+                pb.push(b | 0x80);
+            }
+        }
+        let mut out = (pb.len() as u32).to_le_bytes().to_vec();
+        out.extend(pb);
+        out
+    }
+
+    #[test]
+    fn lazy_pages_counted_from_pagemap_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let mut img = vec![0u8; 8];
+        img.extend(rec(&[(0x08, 1)])); // pagemap_head {pages_id: 1}
+        img.extend(rec(&[(0x08, 0x1000), (0x10, 300), (0x20, 2 | 4)])); // lazy
+        img.extend(rec(&[(0x08, 0x9000), (0x10, 7), (0x20, 4)])); // present only
+        img.extend(rec(&[(0x08, 0xa000), (0x10, 1), (0x20, 2), (0x28, 70000)])); // nr_pages wins
+        std::fs::write(d.path().join("pagemap-1.img"), img).unwrap();
+        assert_eq!(lazy_pages_in(d.path()), 70300);
+    }
+}

@@ -520,3 +520,26 @@ pub fn log_relay(file: &Path) -> Result<()> {
     std::io::copy(&mut stdin, &mut out)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_config_rewrites_root_and_netns_ok() {
+        let cfg = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":false},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/a"}]},
+            "annotations":{"x":"y"}}"#;
+        let out = local_config(cfg, Path::new("/w/b/rootfs"), Some("/run/netns/b")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["root"]["path"], "/w/b/rootfs");
+        assert_eq!(v["linux"]["namespaces"][1]["path"], "/run/netns/b");
+        assert_eq!(v["annotations"]["x"], "y", "unknown fields kept");
+    }
+
+    #[test]
+    fn local_config_netns_without_network_namespace_ng() {
+        let cfg = r#"{"root":{"path":"r"},"linux":{"namespaces":[{"type":"pid"}]}}"#;
+        assert!(local_config(cfg, Path::new("/r"), Some("/n")).is_err());
+    }
+}

@@ -647,3 +647,57 @@ fn post_copy(
     let _ = w.send(&Msg::Commit);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ab(mem_track: bool, lazy_pages: bool) -> Abilities {
+        Abilities {
+            criu_version: "4.2.1".into(),
+            kernel: "6.18".into(),
+            mem_track,
+            lazy_pages,
+        }
+    }
+
+    #[test]
+    fn auto_small_working_set_is_stop_and_copy_ok() {
+        let (s, why) = choose(Strategy::Auto, &ab(true, true), &ab(true, true), 10 << 20).unwrap();
+        assert_eq!(s, Strategy::StopAndCopy);
+        assert!(why.contains("working set 10 MiB"), "{why}");
+    }
+
+    #[test]
+    fn auto_prefers_pre_copy_then_post_copy_ok() {
+        let big = 512 << 20;
+        let (s, _) = choose(Strategy::Auto, &ab(true, true), &ab(false, true), big).unwrap();
+        assert_eq!(s, Strategy::PreCopy);
+        let (s, why) = choose(Strategy::Auto, &ab(false, true), &ab(false, true), big).unwrap();
+        assert_eq!(s, Strategy::PostCopy);
+        assert!(why.contains("CONFIG_MEM_SOFT_DIRTY"), "{why}");
+        let (s, why) = choose(Strategy::Auto, &ab(false, true), &ab(false, false), big).unwrap();
+        assert_eq!(s, Strategy::StopAndCopy);
+        assert!(why.contains("the destination lacks"), "{why}");
+    }
+
+    #[test]
+    fn impossible_strategy_ng() {
+        let e = choose(
+            Strategy::PreCopy,
+            &ab(false, true),
+            &ab(true, true),
+            1 << 30,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("CONFIG_MEM_SOFT_DIRTY"));
+        let e = choose(
+            Strategy::PostCopy,
+            &ab(true, false),
+            &ab(true, true),
+            1 << 30,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("the source lacks"));
+    }
+}

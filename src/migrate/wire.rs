@@ -587,3 +587,39 @@ pub fn prune_tree(dir: &Path, keep: &[String]) -> Result<usize> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_what_the_source_no_longer_has_ok() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/keep"), "1").unwrap();
+        std::fs::write(d.path().join("a/gone"), "1").unwrap();
+        std::fs::create_dir_all(d.path().join("old/deep")).unwrap();
+        let keep = vec!["a".to_string(), "a/b".to_string(), "a/b/keep".to_string()];
+        prune_tree(d.path(), &keep).unwrap();
+        let mut left = list_tree(d.path()).unwrap();
+        left.sort();
+        assert_eq!(left, keep);
+    }
+
+    #[test]
+    fn messages_round_trip_ok() {
+        let m = Msg::Plan {
+            strategy: Strategy::PostCopy,
+            why: "w".into(),
+        };
+        let t = serde_json::to_string(&m).unwrap();
+        assert!(
+            t.contains(r#""type":"plan""#) && t.contains(r#""strategy":"post-copy""#),
+            "{t}"
+        );
+        assert!(matches!(
+            serde_json::from_str(&t).unwrap(),
+            Msg::Plan { .. }
+        ));
+    }
+}
