@@ -205,18 +205,23 @@ def read_pty(fd, want, timeout=10.0):
     raise AssertionError(f"{want!r} not read from the pty in {timeout}s; got {buf!r}")
 
 
-MEMWRITER_SRC = TOP / "integration" / "progs" / "memwriter.c"
-MEMWRITER = TOP / "target" / "memwriter"
 
 
 def memwriter_binary():
     """integration/progs/memwriter.c, built static (once, when stale)."""
-    if not MEMWRITER.exists() or MEMWRITER.stat().st_mtime < MEMWRITER_SRC.stat().st_mtime:
-        MEMWRITER.parent.mkdir(parents=True, exist_ok=True)
-        tmp = MEMWRITER.with_suffix(f".{os.getpid()}")
-        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(MEMWRITER_SRC)], check=True)
-        os.replace(tmp, MEMWRITER)
-    return MEMWRITER
+    return static_prog("memwriter")
+
+
+def static_prog(name):
+    """integration/progs/NAME.c, built static into target/ (once, when stale)."""
+    src = TOP / "integration" / "progs" / f"{name}.c"
+    out = TOP / "target" / name
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}")
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], check=True)
+        os.replace(tmp, out)
+    return out
 
 
 def make_memwriter_bundle(path, mib, pages_per_sec):

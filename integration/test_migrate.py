@@ -13,15 +13,18 @@ destination from where it stopped; the destination registered it (state,
 exec, delete, migrate back); the source no longer has it; and on every
 failure the container still runs on the source, not frozen, with nothing
 left registered on the destination."""
+import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from faults import freezer_file, is_frozen
-from helpers import make_memwriter_bundle, read_count, read_mem_status, wait_for
+from helpers import make_bundle, make_memwriter_bundle, read_count, read_mem_status, static_prog, wait_for
 from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
 
 
@@ -221,3 +224,94 @@ def test_network_cut_during_the_final_dump(tmp_path, certs):
                 h.close()
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+CLIENT = r"""
+import socket, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+s = socket.create_connection(("10.233.0.2", 5000), timeout=5)
+s.settimeout(90)
+f = s.makefile("r")
+while True:
+    try:
+        s.sendall(b"x\n")
+        line = f.readline()
+        if not line:
+            out.write("ERR eof\n")
+            break
+        out.write(line)
+    except OSError as e:
+        out.write(f"ERR {e}\n")
+        break
+    time.sleep(0.05)
+"""
+
+
+def test_tcp_connection_survives_the_move(tmp_path, certs):
+    """A client in another network namespace talks to a server inside the
+    container (each line answered with the count of lines so far, held in
+    the server's memory). The container's network namespace on each "host"
+    is an external one (a path in config.json, as CNI makes) with the same
+    IP and MAC; `migrate --tcp-established --dest-netns` moves it, then the
+    test moves the address (the source's link down, the destination's up).
+    The client's connection goes on: no reset, no EOF, and the count
+    continues without a gap."""
+    tag = os.getpid() % 100000
+    cl, na, nb = f"mcl{tag}", f"mca{tag}", f"mcb{tag}"
+    ta, tb = f"mta{tag}", f"mtb{tag}"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    a = b = client = None
+    for ns in (cl, na, nb):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", cl, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", cl, "addr", "add", "10.233.0.1/24", "dev", "br0")
+        sh("ip", "-n", cl, "link", "set", "br0", "up")
+        for port, ns, up in ((ta, na, True), (tb, nb, False)):
+            sh("ip", "link", "add", port, "type", "veth", "peer", "name", port + "c")
+            sh("ip", "link", "set", port, "netns", cl)
+            sh("ip", "link", "set", port + "c", "netns", ns)
+            sh("ip", "-n", ns, "link", "set", port + "c", "name", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", "02:00:0a:e9:00:02")
+            sh("ip", "-n", ns, "addr", "add", "10.233.0.2/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", cl, "link", "set", port, "master", "br0")
+            if up:
+                sh("ip", "-n", cl, "link", "set", port, "up")
+        a = Host(tmp_path, "src", certs["src"])
+        b = Host(tmp_path, "dst", certs["dst"])
+        bundle = make_bundle(tmp_path / "bundle", args=["/bin/tcpcounter", "5000"])
+        shutil.copy(static_prog("tcpcounter"), bundle / "rootfs/bin/tcpcounter")
+        cfg = json.loads((bundle / "config.json").read_text())
+        for n in cfg["linux"]["namespaces"]:
+            if n["type"] == "network":
+                n["path"] = f"/run/netns/{na}"
+        (bundle / "config.json").write_text(json.dumps(cfg))
+        a.rt.run_piped("run", "-d", "--bundle", bundle, "srv")
+        log = tmp_path / "client.log"
+        time.sleep(0.5)
+        client = subprocess.Popen(["ip", "netns", "exec", cl, sys.executable, "-c", CLIENT, str(log)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        lines = lambda: log.read_text().split() if log.exists() else []
+        wait_for(lambda: len(lines()) > 10, what="the client to talk to the server")
+        report, _ = a.migrate("srv", b, "--strategy", "stop-and-copy", "--tcp-established",
+                              "--dest-netns", f"/run/netns/{nb}", "--dest-id", "srv-b")
+        at_move = len(lines())
+        # The address moves with the container.
+        sh("ip", "-n", cl, "link", "set", ta, "down")
+        sh("ip", "-n", cl, "link", "set", tb, "up")
+        wait_for(lambda: len(lines()) > at_move + 20, timeout=60, what="the client's connection to go on")
+        got = lines()
+        assert not any(l.startswith("ERR") for l in got), got[-5:]
+        assert [int(x) for x in got] == list(range(1, len(got) + 1)), "the count jumped or restarted"
+        assert a.rt.list_ids() == [] and b.rt.state("srv-b")["status"] == "running"
+        assert report["strategy"] == "stop-and-copy"
+    finally:
+        if client:
+            client.kill()
+        for h in (a, b):
+            if h:
+                h.close()
+        for ns in (cl, na, nb):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -34,7 +34,13 @@ pub struct ContainerFacts {
     pub cgroup_controllers: Vec<String>,
     /// The container has its own network namespace with nothing but `lo`.
     pub loopback_only: bool,
+    /// Inode of an external network namespace (config.json names a path):
+    /// not dumped, CRIU records it as `extRootNetNS`.
+    pub external_netns: Option<u64>,
 }
+
+/// CRIU's key for an external network namespace (runc uses the same).
+pub const EXT_NETNS_KEY: &str = "extRootNetNS";
 
 pub fn log_name(o: &CheckpointOptions) -> &'static str {
     if o.pre_dump {
@@ -148,6 +154,10 @@ pub fn dump_request(
     }
     for dest in &f.external_mounts {
         opts.ext_mnt.push(ext_mount(dest, dest));
+    }
+    if let Some(ino) = f.external_netns {
+        // runc: handleCheckpointingExternalNamespaces.
+        opts.external.push(format!("net[{ino}]:{EXT_NETNS_KEY}"));
     }
     for masked in &f.masked_files {
         opts.ext_mnt.push(ext_mount(masked, "/dev/null"));
@@ -281,6 +291,7 @@ mod tests {
             config_file: None,
             cgroup_controllers: vec!["freezer".into()],
             loopback_only: true,
+            external_netns: Some(4026532001),
         };
         let r = dump_request(&opts(false), &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::DUMP);
@@ -288,6 +299,7 @@ mod tests {
         assert_eq!((o.pid(), o.images_dir_fd(), o.work_dir_fd()), (42, 5, 6));
         assert!(o.tcp_established() && o.track_mem() && !o.leave_running());
         assert_eq!(o.parent_img(), "../pre1");
+        assert_eq!(o.external, ["net[4026532001]:extRootNetNS"]);
         assert_eq!(o.freeze_cgroup(), "/sys/fs/cgroup/freezer/c");
         assert_eq!(o.ext_mnt.len(), 2);
         assert_eq!(o.ext_mnt[1].val(), "/dev/null");

@@ -88,9 +88,35 @@ pub(crate) fn container_facts(
             config_file,
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             loopback_only: loopback_only(pid),
+            external_netns: external_netns(&spec)?,
         },
         SpecFacts::of(&spec),
     ))
+}
+
+/// The inode of the network namespace config.json names by path (an
+/// external one, e.g. made by CNI), as runc's
+/// `handleCheckpointingExternalNamespaces`.
+pub(crate) fn external_netns(spec: &oci_spec::runtime::Spec) -> Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = netns_path(spec) else {
+        return Ok(None);
+    };
+    let m = std::fs::metadata(&path)
+        .with_context(|| format!("the network namespace {} is gone", path.display()))?;
+    Ok(Some(m.ino()))
+}
+
+/// config.json's network namespace path, if it names one.
+pub(crate) fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .clone()
 }
 
 /// Whether `pid` has a network namespace of its own with no interface but

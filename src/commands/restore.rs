@@ -231,6 +231,23 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         .unwrap_or(false);
     let config_file = crate::checkpoint::spec::criu_config_file(spec);
 
+    // An external network namespace (config.json names a path): CRIU
+    // restores into it through an inherited fd (runc's
+    // handleRestoringExternalNamespaces). Opened before CRIU starts, which
+    // inherits it.
+    let netns = match super::checkpoint::netns_path(spec) {
+        Some(p) => {
+            let f = File::open(&p)
+                .with_context(|| format!("cannot open the network namespace {}", p.display()))?;
+            nix::fcntl::fcntl(
+                f.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Some(f)
+        }
+        None => None,
+    };
+
     // From here on, everything is undone on failure.
     let state_root = ctx.ensure_root()?;
     let container_dir = state_root.join(&id);
@@ -339,7 +356,15 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             has_masked_files,
             cgroup_root: Some(cgroup_root),
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
-            inherit_fds: inherit_fds(&o.image_path, o.stdio_fds),
+            inherit_fds: inherit_fds(&o.image_path, o.stdio_fds)
+                .into_iter()
+                .chain(netns.as_ref().map(|f| {
+                    (
+                        crate::checkpoint::request::EXT_NETNS_KEY.to_string(),
+                        f.as_raw_fd(),
+                    )
+                }))
+                .collect(),
             config_file,
             loopback_only: manifest.as_ref().is_some_and(|m| m.loopback_only),
         };

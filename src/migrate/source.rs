@@ -162,6 +162,66 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// With --tcp-established: from the freeze until the source's copy is gone,
+/// nothing enters or leaves the container's network namespace (but `lo`).
+/// CRIU's own lock ends with a dump that leaves the processes alive, and a
+/// frozen socket's kernel would go on acknowledging the client's data —
+/// data the destination's copy, restored from the dump, never sees; and a
+/// killed copy's sockets would send FIN/RST to the client. The rules stay
+/// after the copy is killed (its sockets' retransmitted FINs must never
+/// leave); they are lifted only if the migration fails and it thaws.
+struct NetBlock {
+    ns: String,
+    on: bool,
+}
+
+const NETBLOCK_TAG: &str = "cntrlive-migrate";
+
+impl NetBlock {
+    fn new(pid: i32) -> NetBlock {
+        NetBlock {
+            ns: format!("--net=/proc/{pid}/ns/net"),
+            on: false,
+        }
+    }
+
+    fn rules(&self, op: &str) -> Result<()> {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            let mut cmd = std::process::Command::new("nsenter");
+            cmd.arg(&self.ns).args(["iptables", "-w", op, chain]);
+            if op == "-I" {
+                cmd.arg("1");
+            }
+            cmd.args(["!", dir, "lo", "-m", "comment", "--comment", NETBLOCK_TAG, "-j", "DROP"]);
+            let out = cmd
+                .stdin(std::process::Stdio::null())
+                .output()
+                .context("cannot run nsenter/iptables")?;
+            if !out.status.success() {
+                bail!(
+                    "iptables {op} {chain} in the container's network namespace failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<()> {
+        self.rules("-I")?;
+        self.on = true;
+        Ok(())
+    }
+
+    fn lift(&mut self) {
+        if std::mem::take(&mut self.on) {
+            if let Err(e) = self.rules("-D") {
+                tracing::error!("{e:#}");
+            }
+        }
+    }
+}
+
 /// Pages to the destination's page servers, one per round.
 struct ToDest<'a> {
     /// None: post-copy (the pages stay here until fetched).
@@ -170,11 +230,18 @@ struct ToDest<'a> {
     progress: &'a Progress,
     last_round: Option<u32>,
     freeze: Option<Instant>,
+    netblock: Option<NetBlock>,
 }
 
 impl Hooks for ToDest<'_> {
     fn frozen(&mut self) {
         self.freeze = Some(Instant::now());
+        if let Some(b) = &mut self.netblock {
+            if let Err(e) = b.apply() {
+                // CRIU's own lock still covers the dump itself.
+                tracing::error!("{e:#}");
+            }
+        }
     }
 
     fn page_server(&mut self, k: u32) -> Result<Option<PageServer>> {
@@ -268,7 +335,7 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     make_dir(&work, "migration work directory")?;
     let result = run(
-        &args, ctx, &tls, timeout, &work, &config, &rootfs, ws, &progress, &dest_id,
+        &args, ctx, &tls, timeout, &work, &config, &rootfs, ws, pid, &progress, &dest_id,
     );
     progress.done();
     match result {
@@ -341,6 +408,7 @@ fn run(
     config: &str,
     rootfs: &Path,
     ws: u64,
+    pid: i32,
     progress: &Progress,
     dest_id: &str,
 ) -> Result<MigrationReport> {
@@ -447,10 +515,11 @@ fn run(
         },
     };
     let addr = w.peer_ip()?.to_string();
+    let tcp = args.tcp_established.then_some(pid);
     if strategy == Strategy::PostCopy {
-        post_copy(opts, ctx, w, progress, second_pass, &mut report)?;
+        post_copy(opts, ctx, w, progress, second_pass, tcp, &mut report)?;
     } else {
-        stop_and_copy(opts, ctx, &mut w, addr, progress, second_pass, &mut report)?;
+        stop_and_copy(opts, ctx, &mut w, addr, progress, second_pass, tcp, &mut report)?;
     }
     Ok(report)
 }
@@ -496,6 +565,7 @@ fn stop_and_copy(
     addr: String,
     progress: &Progress,
     delta: Option<RootfsDelta>,
+    tcp: Option<i32>,
     report: &mut MigrationReport,
 ) -> Result<()> {
     let images = opts.image_path.clone();
@@ -505,9 +575,16 @@ fn stop_and_copy(
         progress,
         last_round: None,
         freeze: None,
+        netblock: tcp.map(NetBlock::new),
     };
-    let dumped = checkpoint::dump(opts, false, ctx, &mut hooks)
-        .context("the container keeps running on the source")?;
+    let dumped = checkpoint::dump(opts, false, ctx, &mut hooks);
+    let mut netblock = hooks.netblock.take();
+    let dumped = dumped.inspect_err(|_| {
+        if let Some(b) = &mut netblock {
+            b.lift();
+        }
+    });
+    let dumped = dumped.context("the container keeps running on the source")?;
     let freeze = hooks.freeze.unwrap_or_else(Instant::now);
     fill_dump(report, &dumped.report);
     let mut kept = dumped.kept.context("the dump did not keep the container")?;
@@ -529,6 +606,9 @@ fn stop_and_copy(
     let restore_ms = match res {
         Ok(r) => r,
         Err(e) => {
+            if let Some(b) = &mut netblock {
+                b.lift();
+            }
             let thawed = kept.thaw();
             return Err(e.context(match thawed {
                 Ok(()) => "the container was thawed and keeps running on the source".to_string(),
@@ -562,6 +642,7 @@ fn post_copy(
     mut w: Wire,
     progress: &Progress,
     delta: Option<RootfsDelta>,
+    tcp: Option<i32>,
     report: &mut MigrationReport,
 ) -> Result<()> {
     let addr = w.local_ip()?.to_string();
@@ -612,9 +693,16 @@ fn post_copy(
         progress,
         last_round: None,
         freeze: None,
+        netblock: tcp.map(NetBlock::new),
     };
     let dumped = checkpoint::dump(opts, false, ctx, &mut hooks);
     let freeze = hooks.freeze;
+    if dumped.is_err() {
+        // Thawed by the dump: its network too.
+        if let Some(b) = &mut hooks.netblock {
+            b.lift();
+        }
+    }
     // The helper waits for readiness: a dump that failed before never
     // gives it; closing our end ends its wait.
     drop(ready_w);
