@@ -4,7 +4,9 @@ under a private dockerd that has cntrlive-runtime added as a runtime; then a
 running container checkpointed, moved (another ID, another bundle path: what
 another host looks like) and restored, directly and between two dockerd
 "hosts", with what CRIU and the runtime measured printed as it goes; last,
-a post-copy (lazy pages) move of a 256 MiB process.
+a post-copy (lazy pages) move of a 256 MiB process; and `migrate`: one
+command moving a running container between two "hosts" (two state roots,
+each with its migrate-listen, TLS), there and back, with its report.
 
 Run it through hack/demo.sh (which installs everything first).
 """
@@ -253,6 +255,36 @@ def migrate_lazy(work):
         rt.cleanup()
 
 
+def migrate_command(work):
+    step("6. `migrate`: one command, two \"hosts\" (own state roots and listeners, mutual TLS)")
+    from migration import Host, make_certs
+    certs = make_certs(work / "certs")
+    a = Host(work, "host-a", certs["src"])
+    b = Host(work, "host-b", certs["dst"])
+    print(f"   migrate-listen on host b at {b.addr}, on host a at {a.addr}")
+    try:
+        src = make_memwriter_bundle(work / "mig" / "bundle", 128, 256)
+        a.rt.run_piped("run", "-d", "--bundle", src, "app")
+        wait_for(lambda: read_mem_status(src)[0] > 50, timeout=30, what="memwriter")
+        print("   memwriter on host a: 128 MiB resident, 256 pages dirtied a second")
+        # One machine: the two "hosts" share cgroups, so the ID changes on the way.
+        for frm, to, cid, new in ((a, b, "app", "app-b"), (b, a, "app-b", "app")):
+            at = read_mem_status(frm.bundle_of(cid))[0]
+            r, _ = frm.migrate(cid, to, "--dest-id", new)
+            moved = to.bundle_of(new)
+            wait_for(lambda: read_mem_status(moved)[0] > at, timeout=30, what="the moved process")
+            print(f"   {'a -> b' if frm is a else 'b -> a'}: {r['strategy']} ({r['why']})")
+            print(f"     downtime {r['downtime_ms']:.0f} ms, restore {r['restore_ms']:.0f} ms, total {r['total_ms']:.0f} ms; "
+                  f"pages {r['page_bytes'] / 2**20:.1f} MiB, images {r['images_bytes'] / 1024:.0f} KiB, "
+                  f"rootfs {r['rootfs_bytes'] / 2**20:.1f} MiB")
+            print(f"     source: {frm.rt.list_ids() or 'nothing left'}; destination: "
+                  f"{to.rt.state(new)['status']}, memory checksum {'right' if read_mem_status(moved)[2] else 'WRONG'}")
+        a.rt.run("delete", "--force", "app")
+    finally:
+        a.close()
+        b.close()
+
+
 def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="cntrlive-demo-"))
     print(subprocess.run([str(OURS), "--version"], capture_output=True, text=True).stdout.strip())
@@ -262,6 +294,7 @@ def main():
         migrate_direct(work)
         migrate_docker(work)
         migrate_lazy(work)
+        migrate_command(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -659,7 +659,8 @@ fn post_copy(
     opts.status_fd = Some(ready_w.as_raw_fd());
     let images = opts.image_path.clone();
     let images_dir = images.clone();
-    let helper = std::thread::spawn(move || -> (Wire, Result<(f64, f64, u64, Instant)>) {
+    #[allow(clippy::type_complexity)]
+    let helper = std::thread::spawn(move || -> (Wire, Result<(f64, f64, u64, u64, Instant)>) {
         let r = (|| {
             let mut b = [0u8; 1];
             let mut f = std::fs::File::from(ready_r);
@@ -667,10 +668,11 @@ fn post_copy(
                 bail!("the lazy dump ended before its page server was ready");
             }
             let t = Instant::now();
-            let mut bytes = w.send_tar("images", &images)?;
-            if let Some(d) = &delta {
-                bytes += d.send(&mut w)?;
-            }
+            let bytes = w.send_tar("images", &images)?;
+            let delta_bytes = match &delta {
+                Some(d) => d.send(&mut w)?,
+                None => 0,
+            };
             let images_ms = ms(t.elapsed());
             w.send(&Msg::Restore {
                 lazy: Some(at.clone()),
@@ -678,7 +680,7 @@ fn post_copy(
             let Msg::Restored { restore_ms, .. } = w.expect("restored")? else {
                 unreachable!()
             };
-            Ok((images_ms, restore_ms, bytes, Instant::now()))
+            Ok((images_ms, restore_ms, bytes, delta_bytes, Instant::now()))
         })();
         if r.is_err() {
             // The dump waits for a destination that will not come: cancel
@@ -709,7 +711,7 @@ fn post_copy(
     let (mut w, helped) = helper
         .join()
         .map_err(|_| anyhow::anyhow!("migration helper thread panicked"))?;
-    let (images_ms, restore_ms, bytes, restored_at) = match helped {
+    let (images_ms, restore_ms, bytes, delta_bytes, restored_at) = match helped {
         Err(e) => {
             let why = match dumped {
                 Err(d) => format!("{e:#}; {d:#}"),
@@ -723,6 +725,7 @@ fn post_copy(
     fill_dump(report, &dumped.report);
     report.images_transfer_ms = images_ms;
     report.images_bytes = bytes;
+    report.rootfs_bytes += delta_bytes;
     report.restore_ms = restore_ms;
     report.frozen_time_ms = None;
     report.final_pages_lazy = stats::lazy_pages_in(&images_dir);
