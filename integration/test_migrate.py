@@ -130,8 +130,11 @@ def test_unauthenticated_peer_is_refused(hosts, tmp_path, certs):
     assert b.rt.list_ids() == []
 
 
-def pids_of(pattern):
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+def pids_of(pattern, parent=None):
+    """Processes whose command line matches; with `parent`, only its
+    children (the receiving process, not its forked guard)."""
+    cmd = ["pgrep", "-f", pattern] + (["-P", str(parent)] if parent else [])
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
 
 
@@ -141,7 +144,7 @@ def test_destination_dies_mid_migration(hosts, tmp_path):
     src = start_counter(a, tmp_path / "bundle", "c1")
     p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--dest-id", "c1-b", "c1", b.addr),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    victims = wait_for(lambda: pids_of(f"migrate-receive .*{b.work}"), timeout=20,
+    victims = wait_for(lambda: pids_of(f"migrate-receive .*{b.work}", parent=b.listener.pid), timeout=20,
                        what="the receiving process")
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -149,6 +152,26 @@ def test_destination_dies_mid_migration(hosts, tmp_path):
     assert p.returncode == 1, err
     assert_runs_unfrozen_on(a, "c1", src)
     assert b.rt.list_ids() == []
+
+
+def test_destination_dies_while_it_restores(hosts, tmp_path):
+    """The destination's receiving process is SIGKILLed while its restore
+    runs: its guard kills the restore and deletes whatever was registered;
+    the source, seeing the connection drop before any confirmation, thaws
+    its copy."""
+    a, b = hosts
+    src = start_counter(a, tmp_path / "bundle", "c1")
+    p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
+                                   "--dest-id", "c1-b", "c1", b.addr),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: pids_of(f"restore --detach --image-path {b.work}"), timeout=30,
+             what="the destination's restore")
+    for pid in pids_of(f"migrate-receive .*{b.work}", parent=b.listener.pid):
+        os.kill(pid, signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert_runs_unfrozen_on(a, "c1", src)
+    wait_for(lambda: b.rt.list_ids() == [], timeout=30, what="the destination's guard to remove its copy")
 
 
 def test_source_killed_during_the_final_dump(hosts, tmp_path):

@@ -38,6 +38,8 @@ pub enum Action {
     Umount(PathBuf),
     /// Detach the cgroup yards a killed CRIU left under this work dir.
     UmountYards(PathBuf),
+    /// Run a command and wait for it (e.g. our own `delete --force ID`).
+    Run(Vec<String>),
 }
 
 impl Action {
@@ -49,6 +51,9 @@ impl Action {
             Action::Remove(f) => format!("rm {}\n", f.display()),
             Action::Umount(f) => format!("umount {}\n", f.display()),
             Action::UmountYards(d) => format!("yards {}\n", d.display()),
+            Action::Run(argv) => {
+                format!("run {}\n", serde_json::to_string(argv).unwrap_or_default())
+            }
         }
     }
 
@@ -67,6 +72,7 @@ impl Action {
             "rm" => Some(Action::Remove(PathBuf::from(rest))),
             "umount" => Some(Action::Umount(PathBuf::from(rest))),
             "yards" => Some(Action::UmountYards(PathBuf::from(rest))),
+            "run" => serde_json::from_str(rest).ok().map(Action::Run),
             _ => None,
         }
     }
@@ -91,6 +97,16 @@ impl Action {
             }
             Action::UmountYards(d) => {
                 umount_cgroup_yards(d);
+            }
+            Action::Run(argv) => {
+                if let Some((exe, args)) = argv.split_first() {
+                    let _ = std::process::Command::new(exe)
+                        .args(args)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::checkpoint::options::Tls;
 use crate::cli::{MigrateListenArgs, MigrateReceiveArgs};
 use crate::commands::checkpoint::{criu_timeout, make_dir};
 use crate::commands::Ctx;
+use crate::criu::janitor::Action;
 
 /// The global flags a child of ours must get to act on the same host.
 pub(crate) fn global_args(ctx: &Ctx) -> Vec<std::ffi::OsString> {
@@ -145,7 +146,15 @@ fn local_config(config: &str, rootfs: &Path, netns: Option<&str>) -> Result<Stri
 pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
     // SAFETY: fd 0 is the accepted socket the listener gave us; it is
     // moved out and fd 0 becomes /dev/null, so no child inherits it.
-    let sock = unsafe { OwnedFd::from_raw_fd(nix::unistd::dup(0)?) };
+    // CLOEXEC: the restore, its CRIU and the container must not inherit
+    // it (a copy held open elsewhere hides this process's death from the
+    // source).
+    let sock = unsafe {
+        OwnedFd::from_raw_fd(nix::fcntl::fcntl(
+            0,
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+        )?)
+    };
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2(null.as_raw_fd(), 0)?;
     let tcp = TcpStream::from(sock);
@@ -156,6 +165,7 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("refused the connection from {peer}"))?;
     let mut r = Receive {
         ctx,
+        guard: None,
         tls,
         id: String::new(),
         dir: PathBuf::new(),
@@ -173,6 +183,9 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
 
 struct Receive<'a> {
     ctx: &'a Ctx,
+    /// If this process dies between the restore and the commit, the guard
+    /// kills the restore and removes what it registered.
+    guard: Option<crate::criu::janitor::Janitor>,
     tls: Tls,
     id: String,
     /// This migration's directory: images/, work/, bundle/.
@@ -335,7 +348,11 @@ impl Receive<'_> {
                     w.send(&restored)?;
                     if lazy.is_some() {
                         // Post-copy: running already; the source ends when
-                        // its pages are all here (criu::lazy).
+                        // its pages are all here (criu::lazy). From here the
+                        // lazy-pages supervisor watches it.
+                        if let Some(g) = self.guard.take() {
+                            g.disarm();
+                        }
                         let _ = w.recv();
                         return Ok(());
                     }
@@ -352,6 +369,9 @@ impl Receive<'_> {
         }
         self.run_cmd(&["kill", "--all", &self.id, "SIGCONT"])
             .context("failed to let the restored container run")?;
+        if let Some(g) = self.guard.take() {
+            g.disarm();
+        }
         w.send(&Msg::Committed)?;
         tracing::info!(
             id = self.id,
@@ -463,12 +483,25 @@ impl Receive<'_> {
         // Output to a file, not a pipe: what restore leaves running (the
         // janitor, the lazy-pages supervisor) would hold a pipe open.
         let errors = self.dir.join("restore.err");
-        let status = cmd
+        let mut guard = crate::criu::janitor::Janitor::spawn()
+            .context("failed to start the janitor process")?;
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&errors)?)
-            .status()
+            .spawn()
             .context("cannot run restore")?;
+        guard.arm(Action::Kill(nix::unistd::Pid::from_raw(child.id() as i32)));
+        let mut delete = vec![exe.display().to_string()];
+        delete.extend(
+            global_args(self.ctx)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        delete.extend(["delete".into(), "--force".into(), self.id.clone()]);
+        guard.arm(Action::Run(delete));
+        self.guard = Some(guard);
+        let status = child.wait().context("cannot run restore")?;
         drop(pw);
         if !status.success() {
             bail!(
@@ -499,6 +532,9 @@ impl Receive<'_> {
                 tracing::error!(id = self.id, "failed to remove the restored copy: {e:#}");
             }
             self.registered = false;
+        }
+        if let Some(g) = self.guard.take() {
+            g.disarm();
         }
         if !self.dir.as_os_str().is_empty() {
             // CRIU's logs (work/) and restore.err stay for the post-mortem.

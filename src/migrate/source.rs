@@ -192,7 +192,17 @@ impl NetBlock {
             if op == "-I" {
                 cmd.arg("1");
             }
-            cmd.args(["!", dir, "lo", "-m", "comment", "--comment", NETBLOCK_TAG, "-j", "DROP"]);
+            cmd.args([
+                "!",
+                dir,
+                "lo",
+                "-m",
+                "comment",
+                "--comment",
+                NETBLOCK_TAG,
+                "-j",
+                "DROP",
+            ]);
             let out = cmd
                 .stdin(std::process::Stdio::null())
                 .output()
@@ -519,7 +529,16 @@ fn run(
     if strategy == Strategy::PostCopy {
         post_copy(opts, ctx, w, progress, second_pass, tcp, &mut report)?;
     } else {
-        stop_and_copy(opts, ctx, &mut w, addr, progress, second_pass, tcp, &mut report)?;
+        stop_and_copy(
+            opts,
+            ctx,
+            &mut w,
+            addr,
+            progress,
+            second_pass,
+            tcp,
+            &mut report,
+        )?;
     }
     Ok(report)
 }
