@@ -67,6 +67,37 @@ def test_checkpoint_then_restore_continues_counting(rt, tmp_path):
     assert rt.list_ids() == []
 
 
+def test_external_network_namespace(rt, tmp_path):
+    """config.json names a network namespace by path (as CNI makes them):
+    the checkpoint leaves it out (runc: extRootNetNS), the restore puts the
+    container back into the namespace its bundle names. Regression: our
+    restore once handed CRIU that namespace as fd 3, which CRIU's swrk
+    socket takes ("Can't setns: Invalid argument")."""
+    ns = f"cxn{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        b1 = make_bundle(tmp_path / "b1")
+        cfg = json.loads((b1 / "config.json").read_text())
+        for n in cfg["linux"]["namespaces"]:
+            if n["type"] == "network":
+                n["path"] = f"/run/netns/{ns}"
+        (b1 / "config.json").write_text(json.dumps(cfg))
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        start_piped(rt, b1)
+        img = tmp_path / "img"
+        rt.run("checkpoint", "--image-path", img, "c1")
+        at_dump = read_count(b1)
+        b2 = clone_bundle(b1, tmp_path / "b2")
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
+        wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter to advance")
+        pid = rt.state("c2")["pid"]
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == inode, "not in the bundle's network namespace"
+        rt.run("delete", "--force", "c2")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def test_leave_running_and_checkpoint_again(rt, tmp_path):
     b = make_bundle(tmp_path / "b")
     start_piped(rt, b)

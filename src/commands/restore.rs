@@ -239,11 +239,12 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         Some(p) => {
             let f = File::open(&p)
                 .with_context(|| format!("cannot open the network namespace {}", p.display()))?;
-            nix::fcntl::fcntl(
-                f.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )?;
-            Some(f)
+            // Inherited without CLOEXEC, and well above fd 3, which CRIU's
+            // swrk socket takes in the child (a netns fd that happened to
+            // be 3 was replaced by it: "Can't setns …: Invalid argument").
+            let high = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(100))?;
+            // SAFETY: a fresh fd we own.
+            Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(high) })
         }
         None => None,
     };
