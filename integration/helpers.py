@@ -240,3 +240,18 @@ def read_mem_status(bundle):
         return int(t), int(total), int(ok)
     except (FileNotFoundError, ValueError):
         return 0, 0, 1
+
+
+def veth_to_netns(ns, host_if, ns_if, host_ip, ns_ip):
+    """A second "host": network namespace `ns` (created here) joined to
+    this one by a veth pair, host_ip/24 on our side, ns_ip/24 on its side.
+    The caller deletes `host_if` and the namespace."""
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    sh("ip", "link", "set", ns_if, "netns", ns)
+    sh("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
+    sh("ip", "link", "set", host_if, "up")
+    sh("ip", "-n", ns, "addr", "add", f"{ns_ip}/24", "dev", ns_if)
+    sh("ip", "-n", ns, "link", "set", ns_if, "up")
+    sh("ip", "-n", ns, "link", "set", "lo", "up")

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from faults import REAL_CRIU
-from helpers import make_memwriter_bundle, read_mem_status, wait_for
+from helpers import make_memwriter_bundle, read_mem_status, veth_to_netns, wait_for
 
 MIB, RATE = 64, 64
 
@@ -246,15 +246,8 @@ def test_lazy_migration_when_the_network_is_cut(tmp_path):
     ns, host_if, ns_if = f"cntl-{os.getpid()}", f"cl{os.getpid() % 100000}a", f"cl{os.getpid() % 100000}b"
     src_ip, dst_ip = "10.231.0.1", "10.231.0.2"
     sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
-    sh("ip", "netns", "add", ns)
     try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        sh("ip", "link", "set", ns_if, "netns", ns)
-        sh("ip", "addr", "add", f"{src_ip}/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{dst_ip}/24", "dev", ns_if)
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        veth_to_netns(ns, host_if, ns_if, src_ip, dst_ip)
         timeout = ("--criu-timeout", "20s")
         rt = Runtime(OURS, tmp_path / "state")
         m = Move(rt, tmp_path, 1024, 0, addr=src_ip, global_args=timeout)

@@ -24,7 +24,8 @@ import time
 import pytest
 
 from faults import freezer_file, is_frozen
-from helpers import make_bundle, make_memwriter_bundle, read_count, read_mem_status, static_prog, wait_for
+from helpers import (make_bundle, make_memwriter_bundle, read_count, read_mem_status, static_prog, veth_to_netns,
+                     wait_for)
 from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
 
 
@@ -75,13 +76,13 @@ def test_post_copy_runs_before_its_memory_arrives(hosts, tmp_path):
     a.rt.run_piped("run", "-d", "--bundle", src, "mem")
     wait_for(lambda: read_mem_status(src)[0] > 20, timeout=30, what="memwriter to start")
     ticks = read_mem_status(src)[0]
-    report, _ = a.migrate("mem", b, "--strategy", "post-copy", "--dest-id", "mem-b")
+    report, _ = a.migrate("mem", b, "--strategy", "post-copy", "--dest-id", "pc-b")
     assert report["strategy"] == "post-copy"
     # 64 MiB were left for the destination to fetch after it started.
     assert report["final_pages_lazy"] * 4096 >= 64 << 20, report
     assert report["frozen_time_ms"] is None
     assert a.rt.list_ids() == []
-    moved = b.bundle_of("mem-b")
+    moved = b.bundle_of("pc-b")
     wait_for(lambda: read_mem_status(moved)[0] > ticks + 20, timeout=30,
              what="memwriter to go on on the destination")
     t, _, ok = read_mem_status(moved)
@@ -184,7 +185,7 @@ def test_source_killed_during_the_final_dump(hosts, tmp_path):
     wait_for(lambda: read_mem_status(src)[0] > 20, timeout=30, what="memwriter to start")
     ff = freezer_file(a.rt.state("mem")["pid"])
     p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
-                                   "--dest-id", "mem-b", "mem", b.addr),
+                                   "--dest-id", "sk-b", "mem", b.addr),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: is_frozen(ff), timeout=60, what="the final dump to freeze the container")
     p.kill()
@@ -206,16 +207,9 @@ def test_network_cut_during_the_final_dump(tmp_path, certs):
     ns, host_if, ns_if = f"cntm-{os.getpid()}", f"cm{os.getpid() % 100000}a", f"cm{os.getpid() % 100000}b"
     src_ip, dst_ip = "10.232.0.1", "10.232.0.2"
     sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
-    sh("ip", "netns", "add", ns)
     a = b = None
     try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        sh("ip", "link", "set", ns_if, "netns", ns)
-        sh("ip", "addr", "add", f"{src_ip}/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{dst_ip}/24", "dev", ns_if)
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        veth_to_netns(ns, host_if, ns_if, src_ip, dst_ip)
         a = Host(tmp_path, "src", certs["src"], timeout="20s")
         b = Host(tmp_path, "dst", certs["dst"], timeout="20s", listen=dst_ip, netns=ns)
         src = make_memwriter_bundle(tmp_path / "bundle", 1024, 0)
@@ -223,7 +217,7 @@ def test_network_cut_during_the_final_dump(tmp_path, certs):
         wait_for(lambda: read_mem_status(src)[0] > 20, timeout=60, what="memwriter to start")
         ff = freezer_file(a.rt.state("mem")["pid"])
         p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
-                                       "--dest-id", "mem-b", "mem", b.addr,
+                                       "--dest-id", "nc-b", "mem", b.addr,
                                        global_args=("--criu-timeout", "20s")),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for(lambda: is_frozen(ff), timeout=60, what="the final dump to freeze the container")

@@ -160,21 +160,9 @@ pub struct MigrateArgs {
     /// connections too)
     #[arg(long, value_name = "PATH")]
     pub dest_netns: Option<PathBuf>,
-    /// Allow open tcp connections (they move with the container)
-    #[arg(long)]
-    pub tcp_established: bool,
-    /// Allow external unix sockets
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Allow shell jobs
-    #[arg(long)]
-    pub shell_job: bool,
-    /// Handle file locks
-    #[arg(long)]
-    pub file_locks: bool,
-    /// Cgroups mode: soft|full|strict|ignore
-    #[arg(long, value_name = "MODE")]
-    pub manage_cgroups_mode: Option<String>,
+    /// CRIU's options (--tcp-established: the connections move with it)
+    #[command(flatten)]
+    pub criu: CriuStateFlags,
     /// Print the report as JSON (no progress display)
     #[arg(long)]
     pub json: bool,
@@ -516,10 +504,11 @@ pub struct PageServerArgs {
     pub tls_dir: Option<PathBuf>,
 }
 
-/// CRIU options shared by `checkpoint` and `restore` (runc defines each in
-/// both commands with the same name and meaning).
-#[derive(Args, Debug, Clone)]
-pub struct CriuFlags {
+/// What CRIU may find in the container and how it treats it: the same on
+/// the dumping and the restoring side (`checkpoint`, `restore`, `migrate`,
+/// which sends them to the destination).
+#[derive(Args, Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CriuStateFlags {
     /// Allow open tcp connections
     #[arg(long)]
     pub tcp_established: bool,
@@ -532,12 +521,20 @@ pub struct CriuFlags {
     /// Handle file locks, for safety
     #[arg(long)]
     pub file_locks: bool,
-    /// Use userfaultfd to lazily restore memory pages
-    #[arg(long)]
-    pub lazy_pages: bool,
     /// Cgroups mode: soft|full|strict|ignore (default: soft)
     #[arg(long, value_name = "MODE")]
     pub manage_cgroups_mode: Option<String>,
+}
+
+/// CRIU options shared by `checkpoint` and `restore` (runc defines each in
+/// both commands with the same name and meaning).
+#[derive(Args, Debug, Clone)]
+pub struct CriuFlags {
+    #[command(flatten)]
+    pub state: CriuStateFlags,
+    /// Use userfaultfd to lazily restore memory pages
+    #[arg(long)]
+    pub lazy_pages: bool,
     /// Create a namespace, but don't restore its properties
     #[arg(long, value_name = "NS")]
     pub empty_ns: Vec<String>,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cli::{CheckpointArgs, CriuFlags};
+use crate::cli::{CheckpointArgs, CriuFlags, CriuStateFlags};
 
 /// `--manage-cgroups-mode`, as CRIU's `criu_cg_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,20 +131,47 @@ impl Tls {
 impl CriuCommon {
     pub fn from_flags(f: &CriuFlags) -> Result<CriuCommon> {
         Ok(CriuCommon {
+            lazy_pages: f.lazy_pages,
+            empty_ns: parse_empty_ns(&f.empty_ns)?,
+            auto_dedup: f.auto_dedup,
+            tls: f.tls_dir.as_deref().map(Tls::from_dir).transpose()?,
+            ..CriuCommon::from_state(&f.state)?
+        })
+    }
+
+    /// The options of `--tcp-established` … `--manage-cgroups-mode` alone.
+    pub fn from_state(f: &CriuStateFlags) -> Result<CriuCommon> {
+        Ok(CriuCommon {
             tcp_established: f.tcp_established,
             ext_unix_sk: f.ext_unix_sk,
             shell_job: f.shell_job,
             file_locks: f.file_locks,
-            lazy_pages: f.lazy_pages,
             manage_cgroups_mode: f
                 .manage_cgroups_mode
                 .as_deref()
                 .map(CgMode::parse)
                 .transpose()?,
-            empty_ns: parse_empty_ns(&f.empty_ns)?,
-            auto_dedup: f.auto_dedup,
-            tls: f.tls_dir.as_deref().map(Tls::from_dir).transpose()?,
+            ..CriuCommon::default()
         })
+    }
+
+    /// Back to flags, for a `restore` of ours run as a child.
+    pub fn state_args(f: &CriuStateFlags) -> Vec<String> {
+        let mut v = Vec::new();
+        for (on, flag) in [
+            (f.tcp_established, "--tcp-established"),
+            (f.ext_unix_sk, "--ext-unix-sk"),
+            (f.shell_job, "--shell-job"),
+            (f.file_locks, "--file-locks"),
+        ] {
+            if on {
+                v.push(flag.to_string());
+            }
+        }
+        if let Some(m) = &f.manage_cgroups_mode {
+            v.extend(["--manage-cgroups-mode".to_string(), m.clone()]);
+        }
+        v
     }
 }
 

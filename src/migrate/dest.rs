@@ -442,21 +442,7 @@ impl Receive<'_> {
             .arg("10,11,12")
             .arg("--tls-dir")
             .arg(self.tls.cacert.parent().unwrap_or(Path::new(".")));
-        if criu.tcp_established {
-            cmd.arg("--tcp-established");
-        }
-        if criu.ext_unix_sk {
-            cmd.arg("--ext-unix-sk");
-        }
-        if criu.shell_job {
-            cmd.arg("--shell-job");
-        }
-        if criu.file_locks {
-            cmd.arg("--file-locks");
-        }
-        if let Some(m) = &criu.manage_cgroups_mode {
-            cmd.arg("--manage-cgroups-mode").arg(m);
-        }
+        cmd.args(crate::checkpoint::options::CriuCommon::state_args(criu));
         match lazy {
             Some(at) => {
                 cmd.arg("--lazy-pages").arg("--page-server").arg(at);

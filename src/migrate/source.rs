@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::wire::{Abilities, CriuWire, Msg, Strategy, Wire, VERSION};
 use crate::checkpoint::options::{
-    CgMode, CheckpointOptions, CriuCommon, PageServer, Rounds, Tls, DEFAULT_MAX_ROUNDS,
+    CheckpointOptions, CriuCommon, PageServer, Rounds, Tls, DEFAULT_MAX_ROUNDS,
 };
 use crate::cli::MigrateArgs;
 use crate::commands::checkpoint::{self, criu_timeout, make_dir, Hooks};
@@ -426,13 +426,7 @@ fn run(
     progress.say(format!("connecting to {}", args.destination));
     let mut w = Wire::connect(&args.destination, tls, timeout)?;
     let mine = super::abilities(ctx, &work.join("probe"))?;
-    let criu = CriuWire {
-        tcp_established: args.tcp_established,
-        ext_unix_sk: args.ext_unix_sk,
-        shell_job: args.shell_job,
-        file_locks: args.file_locks,
-        manage_cgroups_mode: args.manage_cgroups_mode.clone(),
-    };
+    let criu: CriuWire = args.criu.clone();
     w.send(&Msg::Hello {
         version: VERSION,
         id: dest_id.to_string(),
@@ -509,23 +503,12 @@ fn run(
         lazy_confirm: false,
         keep_frozen: true,
         common: CriuCommon {
-            tcp_established: args.tcp_established,
-            ext_unix_sk: args.ext_unix_sk,
-            shell_job: args.shell_job,
-            file_locks: args.file_locks,
-            lazy_pages: false,
-            manage_cgroups_mode: args
-                .manage_cgroups_mode
-                .as_deref()
-                .map(CgMode::parse)
-                .transpose()?,
-            empty_ns: 0,
-            auto_dedup: false,
             tls: Some(tls.clone()),
+            ..CriuCommon::from_state(&args.criu)?
         },
     };
     let addr = w.peer_ip()?.to_string();
-    let tcp = args.tcp_established.then_some(pid);
+    let tcp = args.criu.tcp_established.then_some(pid);
     if strategy == Strategy::PostCopy {
         post_copy(opts, ctx, w, progress, second_pass, tcp, &mut report)?;
     } else {

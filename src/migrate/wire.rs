@@ -67,14 +67,7 @@ pub struct Abilities {
 }
 
 /// CRIU options both sides must agree on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CriuWire {
-    pub tcp_established: bool,
-    pub ext_unix_sk: bool,
-    pub shell_job: bool,
-    pub file_locks: bool,
-    pub manage_cgroups_mode: Option<String>,
-}
+pub type CriuWire = crate::cli::CriuStateFlags;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
