@@ -165,7 +165,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
     let opts = CheckpointOptions::from_args(&args)?;
     let done = dump(opts, args.leave_running, ctx, &mut NoHooks)?;
     if let Some(format) = args.criu.stats {
-        println!("{}", done.report.render(format));
+        let report = done.report.context(
+            "the checkpoint is done, but CRIU wrote no statistics (stats-dump) for --stats",
+        )?;
+        println!("{}", report.render(format));
     }
     Ok(())
 }
@@ -190,7 +193,8 @@ impl Hooks for NoHooks {}
 /// A finished checkpoint: what CRIU measured, and with `keep_frozen` the
 /// container, alive and frozen, for the caller to end.
 pub(crate) struct Dumped {
-    pub report: stats::Report,
+    /// None if CRIU wrote no statistics.
+    pub report: Option<stats::Report>,
     pub kept: Option<Kept>,
 }
 
@@ -471,7 +475,9 @@ pub(crate) fn dump(
             )
             .write(&opts.image_path)?;
             let diskless = final_opts.page_server.is_some();
-            let mut report = stats::Report::new(
+            // What CRIU measured; a CRIU that wrote no statistics does not
+            // fail a checkpoint that succeeded (only --stats needs them).
+            let report = stats::Report::new(
                 if opts.pre_dump {
                     "pre-dump"
                 } else {
@@ -482,17 +488,22 @@ pub(crate) fn dump(
                 criu_time,
                 opts.work_path.join("stats-dump"),
                 (!diskless).then_some(opts.image_path.as_path()),
-            )?;
-            if let stats::CriuStats::Dump(d) = &report.criu {
-                report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
-            }
-            let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
-            report.runtime_overhead_ms = ((report.runtime_overhead_ms - rounds_ms) * 1e3)
-                .round()
-                .max(0.0)
-                / 1e3;
-            report.rounds = pre_copy.rounds;
-            report.pre_copy_stopped = pre_copy.stopped;
+            )
+            .map(|mut report| {
+                if let stats::CriuStats::Dump(d) = &report.criu {
+                    report.criu = stats::CriuStats::Dump(d.since(&pre_copy.cumulative));
+                }
+                let rounds_ms: f64 = pre_copy.rounds.iter().map(|r| r.criu_request_ms).sum();
+                report.runtime_overhead_ms = ((report.runtime_overhead_ms - rounds_ms) * 1e3)
+                    .round()
+                    .max(0.0)
+                    / 1e3;
+                report.rounds = pre_copy.rounds;
+                report.pre_copy_stopped = pre_copy.stopped;
+                report
+            })
+            .inspect_err(|e| tracing::warn!("no statistics from CRIU: {e:#}"))
+            .ok();
             if opts.keep_frozen && !opts.pre_dump {
                 // The caller ends it (migrate); the janitor stays armed.
                 return Ok(Dumped {

@@ -544,7 +544,10 @@ impl RootfsDelta {
     }
 }
 
-fn fill_dump(report: &mut MigrationReport, d: &stats::Report) {
+fn fill_dump(report: &mut MigrationReport, d: Option<&stats::Report>) {
+    let Some(d) = d else {
+        return;
+    };
     if let stats::CriuStats::Dump(s) = &d.criu {
         report.final_pages_written = s.pages_written;
         report.final_pages_lazy = s.pages_lazy;
@@ -588,7 +591,7 @@ fn stop_and_copy(
     });
     let dumped = dumped.context("the container keeps running on the source")?;
     let freeze = hooks.freeze.unwrap_or_else(Instant::now);
-    fill_dump(report, &dumped.report);
+    fill_dump(report, dumped.report.as_ref());
     let mut kept = dumped.kept.context("the dump did not keep the container")?;
     let res = (|| -> Result<f64> {
         progress.say("sending CRIU's images".into());
@@ -724,7 +727,7 @@ fn post_copy(
         Ok(h) => h,
     };
     let dumped = dumped.context("post-copy did not complete; the source copy was thawed and keeps running (the destination's copy was killed)")?;
-    fill_dump(report, &dumped.report);
+    fill_dump(report, dumped.report.as_ref());
     report.images_transfer_ms = images_ms;
     report.images_bytes = bytes;
     report.rootfs_bytes += delta_bytes;
