@@ -33,6 +33,39 @@ pub fn delete(args: DeleteArgs, ctx: &Ctx) -> Result<()> {
         ),
         _ => {}
     }
+    if args.force && c.status() != ContainerStatus::Stopped {
+        reap_all(&c);
+    }
     c.delete(args.force)
         .with_context(|| format!("failed to delete container \"{id}\""))
+}
+
+/// Before libcontainer removes the cgroups: SIGKILL every process of the
+/// container and wait (10 s at most) until they are gone. A process with a
+/// large memory (1 GiB here) takes longer to exit than libcontainer's own
+/// wait for an empty cgroup, and its delete then failed with "could not
+/// delete" on the cgroup (found by the migration benchmark and the
+/// network-cut test).
+fn reap_all(c: &libcontainer::container::Container) {
+    let Ok(m) = super::cgroup_manager(c) else {
+        return;
+    };
+    use libcgroups::common::CgroupManager;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut thawed = false;
+    loop {
+        let pids = m.get_all_pids().unwrap_or_default();
+        if pids.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !std::mem::replace(&mut thawed, true) {
+            // A frozen (paused) process dies once thawed, its SIGKILL
+            // already pending: it runs no instruction of its own.
+            let _ = m.freeze(libcgroups::common::FreezerState::Thawed);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
