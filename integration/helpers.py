@@ -81,6 +81,17 @@ def make_bundle(path, args=None, terminal=False):
     return path
 
 
+def set_netns(bundle, path):
+    """Make the bundle's network namespace an external one (a path, as CNI
+    makes them)."""
+    cfg_file = pathlib.Path(bundle) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    for n in cfg["linux"]["namespaces"]:
+        if n["type"] == "network":
+            n["path"] = str(path)
+    cfg_file.write_text(json.dumps(cfg, indent=1))
+
+
 def read_count(bundle):
     try:
         return int((pathlib.Path(bundle) / "rootfs/tmp/count").read_text().strip() or 0)

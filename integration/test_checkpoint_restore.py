@@ -16,7 +16,7 @@ import pytest
 
 from faults import (REAL_CRIU, criu_children_of, criu_procs, detach, freezer_file, is_frozen, kill_group, record,
                     wait_gone, yard_mounts)
-from helpers import OURS, Runtime, make_bundle, read_count, wait_for
+from helpers import OURS, Runtime, make_bundle, read_count, set_netns, wait_for
 
 
 def start_piped(rt, bundle, cid="c1"):
@@ -67,6 +67,19 @@ def test_checkpoint_then_restore_continues_counting(rt, tmp_path):
     assert rt.list_ids() == []
 
 
+def checkpoint_then_restore(src, dst, b, tmp_path):
+    """Checkpoint c1 (running from bundle b) with `src`, restore it as c2
+    from a copy of the bundle with `dst`; wait until its counter goes on.
+    Returns (the new bundle, the count at the checkpoint)."""
+    img = tmp_path / "img"
+    src.run("checkpoint", "--image-path", img, "c1")
+    at_dump = read_count(b)
+    b2 = clone_bundle(b, tmp_path / "b2")
+    dst.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
+    wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter to advance")
+    return b2, at_dump
+
+
 def test_external_network_namespace(rt, tmp_path):
     """config.json names a network namespace by path (as CNI makes them):
     the checkpoint leaves it out (runc: extRootNetNS), the restore puts the
@@ -78,19 +91,10 @@ def test_external_network_namespace(rt, tmp_path):
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         b1 = make_bundle(tmp_path / "b1")
-        cfg = json.loads((b1 / "config.json").read_text())
-        for n in cfg["linux"]["namespaces"]:
-            if n["type"] == "network":
-                n["path"] = f"/run/netns/{ns}"
-        (b1 / "config.json").write_text(json.dumps(cfg))
+        set_netns(b1, f"/run/netns/{ns}")
         inode = os.stat(f"/run/netns/{ns}").st_ino
         start_piped(rt, b1)
-        img = tmp_path / "img"
-        rt.run("checkpoint", "--image-path", img, "c1")
-        at_dump = read_count(b1)
-        b2 = clone_bundle(b1, tmp_path / "b2")
-        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
-        wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter to advance")
+        b2, _ = checkpoint_then_restore(rt, rt, b1, tmp_path)
         pid = rt.state("c2")["pid"]
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == inode, "not in the bundle's network namespace"
         rt.run("delete", "--force", "c2")
@@ -424,12 +428,7 @@ def test_images_restore_under_the_other_runtime(dumper, restorer, tmp_path):
         b = make_bundle(tmp_path / "b")
         src.run_piped("run", "-d", "--bundle", b, "c1")
         wait_for(lambda: read_count(b) > 3, what="counter")
-        img = tmp_path / "img"
-        src.run("checkpoint", "--image-path", img, "c1")
-        at_dump = read_count(b)
-        b2 = clone_bundle(b, tmp_path / "b2")
-        dst.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
-        wait_for(lambda: read_count(b2) > at_dump + 3, what="restored counter")
+        b2, at_dump = checkpoint_then_restore(src, dst, b, tmp_path)
         assert int(dst.run("exec", "c2", "cat", "/tmp/count").stdout) > at_dump
         dst.run("kill", "c2", "KILL")
         wait_for(lambda: dst.state("c2")["status"] == "stopped", what="stopped")

@@ -13,7 +13,6 @@ destination from where it stopped; the destination registered it (state,
 exec, delete, migrate back); the source no longer has it; and on every
 failure the container still runs on the source, not frozen, with nothing
 left registered on the destination."""
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ import time
 import pytest
 
 from faults import freezer_file, is_frozen
-from helpers import (make_bundle, make_memwriter_bundle, read_count, read_mem_status, static_prog, veth_to_netns,
+from helpers import (make_bundle, make_memwriter_bundle, read_count, read_mem_status, set_netns, static_prog, veth_to_netns,
                      wait_for)
 from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
 
@@ -300,11 +299,7 @@ def test_tcp_connection_survives_the_move(tmp_path, certs):
         b = Host(tmp_path, "dst", certs["dst"])
         bundle = make_bundle(tmp_path / "bundle", args=["/bin/tcpcounter", "5000"])
         shutil.copy(static_prog("tcpcounter"), bundle / "rootfs/bin/tcpcounter")
-        cfg = json.loads((bundle / "config.json").read_text())
-        for n in cfg["linux"]["namespaces"]:
-            if n["type"] == "network":
-                n["path"] = f"/run/netns/{na}"
-        (bundle / "config.json").write_text(json.dumps(cfg))
+        set_netns(bundle, f"/run/netns/{na}")
         a.rt.run_piped("run", "-d", "--bundle", bundle, "srv")
         log = tmp_path / "client.log"
         time.sleep(0.5)

@@ -83,6 +83,8 @@ pub struct CriuCommon {
 /// `--tls --tls-cacert --tls-cert --tls-key --tls-no-cn-verify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
+    /// The directory (what a child of ours gets as --tls-dir).
+    pub dir: PathBuf,
     pub cacert: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -107,6 +109,7 @@ impl Tls {
             Ok(p)
         };
         Ok(Tls {
+            dir: dir.clone(),
             cacert: file(Self::CA)?,
             cert: file(Self::CERT)?,
             key: file(Self::KEY)?,

@@ -229,27 +229,14 @@ impl Kept {
         }
     }
 
-    /// The copy elsewhere took over: kill this one (it never runs another
-    /// instruction: killed while frozen) and remove it from the state.
+    /// The copy elsewhere took over: kill this one (killed while frozen, it
+    /// never runs another instruction) and remove it from the state.
     pub fn kill(mut self) -> Result<()> {
-        if let Some(f) = &self.freezer {
-            kill_all_in(&f.dir());
-            let _ = f.thaw();
-        }
         if let Some(j) = self.janitor.take() {
             j.disarm();
         }
-        let id = self.container.id().to_string();
-        for _ in 0..100 {
-            let _ = self.container.refresh_status();
-            if self.container.status() == ContainerStatus::Stopped {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.container
-            .delete(true)
-            .with_context(|| format!("failed to delete the migrated container \"{id}\""))
+        super::delete::force_delete(&mut self.container)
+            .context("the copy elsewhere runs; removing this one failed")
     }
 }
 

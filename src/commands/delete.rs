@@ -33,15 +33,28 @@ pub fn delete(args: DeleteArgs, ctx: &Ctx) -> Result<()> {
         ),
         _ => {}
     }
-    if args.force && c.status() != ContainerStatus::Stopped {
-        reap_all(&c);
+    if args.force {
+        return force_delete(&mut c);
     }
-    c.delete(args.force)
+    c.delete(false)
+        .with_context(|| format!("failed to delete container \"{id}\""))
+}
+
+/// `delete --force`: every process killed and gone, then the container
+/// removed (also how `migrate` ends the source's frozen copy).
+pub(crate) fn force_delete(c: &mut libcontainer::container::Container) -> Result<()> {
+    if c.status() != ContainerStatus::Stopped {
+        reap_all(c);
+    }
+    let id = c.id().to_string();
+    c.delete(true)
         .with_context(|| format!("failed to delete container \"{id}\""))
 }
 
 /// Before libcontainer removes the cgroups: SIGKILL every process of the
-/// container and wait (10 s at most) until they are gone. A process with a
+/// container and wait (10 s at most) until they are gone. A frozen
+/// container is thawed only once the SIGKILLs are pending, so it runs no
+/// instruction of its own. A process with a
 /// large memory (1 GiB here) takes longer to exit than libcontainer's own
 /// wait for an empty cgroup, and its delete then failed with "could not
 /// delete" on the cgroup (found by the migration benchmark and the

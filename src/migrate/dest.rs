@@ -81,7 +81,7 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
         cmd.args(global_args(ctx))
             .arg("migrate-receive")
             .arg("--tls-dir")
-            .arg(&tls.cacert.parent().unwrap_or(Path::new(".")))
+            .arg(&tls.dir)
             .arg("--work-root")
             .arg(&args.work_root)
             .stdin(Stdio::from(fd));
@@ -382,12 +382,24 @@ impl Receive<'_> {
         Ok(())
     }
 
+    /// argv of a runtime command of ours against this host's state.
+    fn our_argv(&self, args: &[&str]) -> Result<Vec<String>> {
+        let mut v = vec![std::env::current_exe()?.display().to_string()];
+        v.extend(
+            global_args(self.ctx)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        v.extend(args.iter().map(|a| a.to_string()));
+        Ok(v)
+    }
+
     /// Run a runtime command of ours against this host's state.
     fn run_cmd(&self, args: &[&str]) -> Result<()> {
         let errors = tempfile::tempfile()?;
-        let status = Command::new(std::env::current_exe()?)
-            .args(global_args(self.ctx))
-            .args(args)
+        let argv = self.our_argv(args)?;
+        let status = Command::new(&argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(errors.try_clone()?)
@@ -441,7 +453,7 @@ impl Receive<'_> {
             .arg("--stdio-fds")
             .arg("10,11,12")
             .arg("--tls-dir")
-            .arg(self.tls.cacert.parent().unwrap_or(Path::new(".")));
+            .arg(&self.tls.dir);
         cmd.args(crate::checkpoint::options::CriuCommon::state_args(criu));
         match lazy {
             Some(at) => {
@@ -478,14 +490,9 @@ impl Receive<'_> {
             .spawn()
             .context("cannot run restore")?;
         guard.arm(Action::Kill(nix::unistd::Pid::from_raw(child.id() as i32)));
-        let mut delete = vec![exe.display().to_string()];
-        delete.extend(
-            global_args(self.ctx)
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned()),
-        );
-        delete.extend(["delete".into(), "--force".into(), self.id.clone()]);
-        guard.arm(Action::Run(delete));
+        guard.arm(Action::Run(
+            self.our_argv(&["delete", "--force", &self.id])?,
+        ));
         self.guard = Some(guard);
         let status = child.wait().context("cannot run restore")?;
         drop(pw);
