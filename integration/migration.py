@@ -23,7 +23,7 @@ def make_certs(d):
 class Host:
     """A state root of ours with a migrate-listen on 127.0.0.1."""
 
-    def __init__(self, tmp, name, tls, timeout="30s", listen="127.0.0.1", netns=None):
+    def __init__(self, tmp, name, tls, timeout="30s", listen="127.0.0.1", netns=None, listen_args=()):
         self.rt = Runtime(OURS, tmp / name / "state")
         self.work = tmp / name / "work"
         self.tls = tls
@@ -32,7 +32,8 @@ class Host:
         enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.listener = subprocess.Popen(
             enter + self.rt.argv("migrate-listen", "--listen", f"{listen}:0", "--tls-dir", tls,
-                         "--work-root", self.work, global_args=("--criu-timeout", timeout)),
+                         "--work-root", self.work, *listen_args,
+                         global_args=("--criu-timeout", timeout)),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True)
         line = self.listener.stdout.readline().decode()
         assert line.startswith("listening on "), f"listener said {line!r}"

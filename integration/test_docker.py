@@ -181,3 +181,105 @@ def test_docker_migrate_between_two_daemons(dk, docker_stack_b, tmp_path):
     finally:
         src.docker("rm", "-f", cname, check=False)
         dst.docker("rm", "-f", cname, check=False)
+
+
+# ---- `migrate --docker-host`: one command between two dockerd --------------
+
+@pytest.fixture
+def docker_hosts(docker_stack, docker_stack_b, tmp_path):
+    """migrate-listen of ours beside each dockerd (a: the session's stack,
+    b: the second one), with their TLS directories."""
+    from migration import Host, make_certs
+    certs = make_certs(tmp_path / "certs")
+    a = Host(tmp_path, "a", certs["src"], listen_args=("--docker-host", docker_stack.docker_host))
+    b = Host(tmp_path, "b", certs["dst"], listen_args=("--docker-host", docker_stack_b.docker_host))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def names(stack, name):
+    return stack.docker("ps", "-aq", "--filter", f"name=^{name}$").stdout.split()
+
+
+def test_migrate_command_moves_a_docker_container_there_and_back(dk, docker_stack_b, docker_hosts):
+    """One command: the twin is created through the destination's dockerd,
+    the images land in its checkpoint store, it starts from there; the
+    writable layer moves (a file added, an image file deleted); the source
+    daemon no longer has it; and back again. With runc as the container's
+    runtime, migrate refuses (runc's state is not ours) and nothing moves."""
+    src, runtime, cname = dk
+    dst = docker_stack_b
+    a, b = docker_hosts
+    run_counter(src, runtime, cname)
+    try:
+        # The writable layer: a file added, an image file deleted (a
+        # whiteout), a directory replaced (opaque).
+        src.docker("exec", cname, "sh", "-c", "echo moved > /marker && rm /etc/group && "
+                   "rm -rf /usr/sbin && mkdir /usr/sbin && echo o > /usr/sbin/only")
+        if "runc" in runtime:
+            report, p = a.migrate(cname, b, "--docker-host", src.docker_host, check=False)
+            assert p.returncode != 0 and "not a cntrlive-runtime container" in p.stderr, p.stderr
+            assert status(src, cname) == "running" and names(dst, cname) == []
+            return
+        at = docker_count(src, cname)
+        report, p = a.migrate(cname, b, "--docker-host", src.docker_host)
+        assert report["strategy"] == "stop-and-copy" and "docker" in report["why"], report
+        assert names(src, cname) == [], "still at the source's dockerd"
+        assert status(dst, cname) == "running"
+        assert_continues(dst, cname, at)
+        assert int(dst.docker("logs", cname).stdout.split()[0]) > at, "the twin did not start from the checkpoint"
+        assert dst.docker("exec", cname, "cat", "/marker").stdout.strip() == "moved"
+        assert dst.docker("exec", cname, "ls", "/etc/group", check=False).returncode != 0, \
+            "a file deleted at the source is back"
+        assert dst.docker("exec", cname, "ls", "/usr/sbin").stdout.split() == ["only"], \
+            "a directory replaced at the source shows the image's files again"
+        # Managed by the destination's dockerd: exec, checkpoint again.
+        assert "on-b" in dst.docker("exec", cname, "echo", "on-b").stdout
+        assert "cntrlive-migrate" not in dst.docker("checkpoint", "ls", cname).stdout, "migration checkpoint left"
+        # And back, from b's dockerd to a's.
+        n = docker_count(dst, cname)
+        report, p = b.migrate(cname, a, "--docker-host", dst.docker_host)
+        assert names(dst, cname) == []
+        assert_continues(src, cname, n)
+        assert src.docker("exec", cname, "cat", "/marker").stdout.strip() == "moved"
+        src.docker("stop", "-t", "1", cname)
+        src.docker("rm", cname)
+    finally:
+        src.docker("rm", "-f", cname, check=False)
+        dst.docker("rm", "-f", cname, check=False)
+
+
+def test_migrate_command_refusals_leave_the_docker_container_running(docker_stack, docker_stack_b,
+                                                                   docker_hosts):
+    """The destination's dockerd has a container of that name, or lacks
+    the image: refused before anything freezes; the container runs on at
+    the source, and the destination has nothing new. (`migrate` is ours:
+    runc has none; its containers are refused, in the test above.)"""
+    from helpers import OURS, runtimes_under_test
+    src, dst = docker_stack, docker_stack_b
+    runtime = src.runtime_name([n for n, p in runtimes_under_test() if p == str(OURS)][0])
+    cname = "dk-migrate-refusals"
+    a, b = docker_hosts
+    run_counter(src, runtime, cname)
+    only = f"{cname}-img"
+    try:
+        dst.docker("create", "--name", cname, "--network", "none", "busybox:local", "true")
+        _, p = a.migrate(cname, b, "--docker-host", src.docker_host, check=False)
+        assert p.returncode != 0 and "exists at the destination's dockerd" in p.stderr, p.stderr
+        dst.docker("rm", cname)
+        # An image the destination does not have.
+        src.docker("tag", "busybox:local", "cntrlive-only-here:1")
+        src.docker("run", "-d", "--name", only, "--runtime", runtime, "--network", "none",
+                   "cntrlive-only-here:1", "sh", "-c", COUNTER_SH)
+        _, p = a.migrate(only, b, "--docker-host", src.docker_host, "--dest-id", cname, check=False)
+        assert p.returncode != 0 and "is not at the destination's dockerd" in p.stderr, p.stderr
+        for n in (cname, only):
+            assert status(src, n) == "running"
+            c = docker_count(src, n)
+            wait_for(lambda: docker_count(src, n) > c + 2, what=f"{n} to go on counting")
+        assert names(dst, cname) == [] and names(dst, only) == []
+    finally:
+        src.docker("rm", "-f", cname, only, check=False)
+        src.docker("rmi", "cntrlive-only-here:1", check=False)
+        dst.docker("rm", "-f", cname, check=False)

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from faults import freezer_file, is_frozen
-from helpers import (make_bundle, make_memwriter_bundle, read_count, read_mem_status, set_netns, static_prog, veth_to_netns,
+from helpers import (OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status, set_netns, static_prog, veth_to_netns,
                      wait_for)
 from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
 
@@ -327,3 +327,32 @@ def test_tcp_connection_survives_the_move(tmp_path, certs):
                 h.close()
         for ns in (cl, na, nb):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_hold_marker_restores_stopped_until_resumed(tmp_path):
+    """A docker-managed migration's twin is restored by dockerd, which
+    cannot pass --leave-stopped: the destination leaves `cntrlive-hold` in
+    the images instead. Restored from such images, the processes stay
+    stopped (the count does not move) until SIGCONT; the marker is used
+    up. (The same images without the marker run at once: the other tests.)"""
+    from test_checkpoint_restore import clone_bundle
+    rt = Runtime(OURS, tmp_path / "state")
+    try:
+        b = make_bundle(tmp_path / "b")
+        rt.run_piped("run", "-d", "--bundle", b, "c1")
+        wait_for(lambda: read_count(b) > 3, what="counter")
+        img = tmp_path / "img"
+        rt.run("checkpoint", "--image-path", img, "c1")
+        at = read_count(b)
+        (img / "cntrlive-hold").write_text("held\n")
+        b2 = clone_bundle(b, tmp_path / "b2")
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "c2")
+        assert not (img / "cntrlive-hold").exists(), "the marker was not used up"
+        pid = rt.state("c2")["pid"]
+        assert open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "T", "not stopped"
+        time.sleep(1)
+        assert read_count(b2) == at, "it ran while held"
+        rt.run("kill", "--all", "c2", "SIGCONT")
+        wait_for(lambda: read_count(b2) > at + 3, what="the counter after SIGCONT")
+    finally:
+        rt.cleanup()

@@ -132,6 +132,13 @@ pub enum Command {
     /// Append stdin to FILE until EOF (a migrated container's output)
     #[command(hide = true)]
     LogRelay { file: PathBuf },
+    /// `docker rm -f ID` through dockerd's API (a destination's guard)
+    #[command(hide = true)]
+    DockerRemove {
+        #[arg(long)]
+        docker_host: String,
+        id: String,
+    },
 }
 
 /// `migrate`.
@@ -153,7 +160,7 @@ pub struct MigrateArgs {
     pub dest_id: Option<String>,
     /// A bundle on the destination whose rootfs to use (default: the
     /// rootfs is sent)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "docker_host")]
     pub dest_bundle: Option<PathBuf>,
     /// A network namespace on the destination for the container to join
     /// (its network identity moves with it: with --tcp-established its
@@ -166,7 +173,15 @@ pub struct MigrateArgs {
     /// Print the report as JSON (no progress display)
     #[arg(long)]
     pub json: bool,
-    /// The container ID
+    /// Docker-managed: the container is a container (name or ID) of this
+    /// dockerd; its twin is created through the destination's dockerd
+    /// (migrate-listen --docker-host) and the one here removed
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// This dockerd's --exec-root (default: found under /run)
+    #[arg(long, value_name = "DIR", requires = "docker_host")]
+    pub docker_exec_root: Option<PathBuf>,
+    /// The container ID (with --docker-host: docker's name or ID)
     pub container_id: String,
     /// HOST:PORT of the destination's migrate-listen
     pub destination: String,
@@ -187,6 +202,23 @@ pub struct MigrateListenArgs {
     /// Take one migration, then exit with its result
     #[arg(long)]
     pub once: bool,
+    #[command(flatten)]
+    pub docker: DockerDest,
+}
+
+/// The destination's dockerd, for docker-managed migrations.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DockerDest {
+    /// dockerd (unix socket) that receives docker-managed containers
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// The name under which that dockerd knows cntrlive-runtime (default:
+    /// the source container's runtime name)
+    #[arg(long, value_name = "NAME", requires = "docker_host")]
+    pub docker_runtime: Option<String>,
+    /// That dockerd's --exec-root (default: found under /run)
+    #[arg(long, value_name = "DIR", requires = "docker_host")]
+    pub docker_exec_root: Option<PathBuf>,
 }
 
 /// `migrate-receive` (hidden).
@@ -196,6 +228,8 @@ pub struct MigrateReceiveArgs {
     pub tls_dir: PathBuf,
     #[arg(long, value_name = "DIR")]
     pub work_root: PathBuf,
+    #[command(flatten)]
+    pub docker: DockerDest,
 }
 
 /// `migrate-certs`.

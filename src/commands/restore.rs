@@ -132,6 +132,26 @@ impl Undo {
     }
 }
 
+/// Left in an image directory by `migrate-receive` for a docker-managed
+/// container: dockerd's `start --checkpoint` cannot pass --leave-stopped,
+/// and the restored copy must not run before the source's copy is gone
+/// (the receive resumes it on commit).
+pub const HOLD_MARKER: &str = "cntrlive-hold";
+
+/// The marker is there: restore stopped (and consume it).
+fn hold_marker(images: &Path) -> bool {
+    let m = images.join(HOLD_MARKER);
+    let held = std::fs::symlink_metadata(&m).is_ok_and(|t| t.is_file());
+    if held {
+        let _ = std::fs::remove_file(&m);
+        tracing::info!(
+            "{} found: restoring stopped (a migration holds it)",
+            m.display()
+        );
+    }
+    held
+}
+
 /// Check the images before anything is created.
 fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
     let meta = std::fs::symlink_metadata(&o.image_path)
@@ -178,7 +198,10 @@ fn inherit_fds(image_path: &Path, ours: [i32; 3]) -> Vec<(String, i32)> {
 
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let started = std::time::Instant::now();
-    let o = RestoreOptions::from_args(&args)?;
+    let mut o = RestoreOptions::from_args(&args)?;
+    if hold_marker(&o.image_path) {
+        o.leave_stopped = true;
+    }
     let id = o.id.clone();
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;

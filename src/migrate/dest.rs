@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::wire::{Msg, Strategy, Wire, VERSION};
+use super::wire::{DockerTwin, Msg, Strategy, Wire, DOCKER_CHECKPOINT, VERSION};
 use crate::checkpoint::options::Tls;
 use crate::cli::{MigrateListenArgs, MigrateReceiveArgs};
 use crate::commands::checkpoint::{criu_timeout, make_dir};
@@ -85,6 +85,27 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
             .arg("--work-root")
             .arg(&args.work_root)
             .stdin(Stdio::from(fd));
+        let d = &args.docker;
+        for (flag, v) in [
+            (
+                "--docker-host",
+                d.docker_host.as_ref().map(std::ffi::OsString::from),
+            ),
+            (
+                "--docker-runtime",
+                d.docker_runtime.as_ref().map(std::ffi::OsString::from),
+            ),
+            (
+                "--docker-exec-root",
+                d.docker_exec_root
+                    .as_ref()
+                    .map(|p| p.clone().into_os_string()),
+            ),
+        ] {
+            if let Some(v) = v {
+                cmd.arg(flag).arg(v);
+            }
+        }
         let mut child = cmd.spawn().context("cannot start migrate-receive")?;
         if args.once {
             let st = child.wait()?;
@@ -165,6 +186,9 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("refused the connection from {peer}"))?;
     let mut r = Receive {
         ctx,
+        docker: args.docker.clone(),
+        twin: None,
+        rt_ctx: None,
         guard: None,
         tls,
         id: String::new(),
@@ -181,8 +205,20 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
     res
 }
 
+/// A docker-managed container's twin, created at this host's dockerd.
+struct Twin {
+    client: crate::docker::Docker,
+    host: String,
+    id: String,
+}
+
 struct Receive<'a> {
     ctx: &'a Ctx,
+    docker: crate::cli::DockerDest,
+    /// Docker-managed: the twin (removed again if the migration fails).
+    twin: Option<Twin>,
+    /// Docker-managed: our runtime's state as dockerd keeps it.
+    rt_ctx: Option<Ctx>,
     /// If this process dies between the restore and the commit, the guard
     /// kills the restore and removes what it registered.
     guard: Option<crate::criu::janitor::Janitor>,
@@ -205,6 +241,7 @@ impl Receive<'_> {
             netns,
             criu,
             abilities: _,
+            docker,
         } = w.recv()?
         else {
             bail!("protocol error: the source did not start with hello");
@@ -221,32 +258,40 @@ impl Receive<'_> {
                 format!("protocol version {version} (this destination speaks {VERSION}): run the same cntrlive-runtime version on both hosts"),
             );
         }
-        if let Err(e) = crate::store::validate_id(&id)
-            .map_err(anyhow::Error::from)
-            .and_then(|_| self.ctx.store.ensure_free(&id).map_err(anyhow::Error::from))
-        {
-            return refuse(
-                w,
-                format!(
-                    "{e:#} on the destination: pass --dest-id NEW_ID, or delete it there first"
-                ),
-            );
-        }
         self.id = id.clone();
-        if let Some(busy) = busy_cgroup(&config, &id) {
-            return refuse(w, format!("the container's cgroup {} already holds processes on the destination (another container with the same cgroup path): pass --dest-id NEW_ID or give it another cgroupsPath", busy.display()));
-        }
-        if let Some(b) = &bundle {
-            if !Path::new(b).join("config.json").is_file() {
-                return refuse(w, format!("--dest-bundle {b}: no bundle there (config.json missing) on the destination"));
+        let mut docker_dirs = None;
+        if let Some(d) = &docker {
+            match self.prepare_twin(&id, d) {
+                Ok(dirs) => docker_dirs = Some(dirs),
+                Err(e) => return refuse(w, format!("{e:#}")),
             }
-        }
-        if let Some(ns) = &netns {
-            if !Path::new(ns).exists() {
+        } else {
+            if let Err(e) = crate::store::validate_id(&id)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| self.ctx.store.ensure_free(&id).map_err(anyhow::Error::from))
+            {
                 return refuse(
                     w,
-                    format!("--dest-netns {ns} does not exist on the destination"),
+                    format!(
+                        "{e:#} on the destination: pass --dest-id NEW_ID, or delete it there first"
+                    ),
                 );
+            }
+            if let Some(busy) = busy_cgroup(&config, &id) {
+                return refuse(w, format!("the container's cgroup {} already holds processes on the destination (another container with the same cgroup path): pass --dest-id NEW_ID or give it another cgroupsPath", busy.display()));
+            }
+            if let Some(b) = &bundle {
+                if !Path::new(b).join("config.json").is_file() {
+                    return refuse(w, format!("--dest-bundle {b}: no bundle there (config.json missing) on the destination"));
+                }
+            }
+            if let Some(ns) = &netns {
+                if !Path::new(ns).exists() {
+                    return refuse(
+                        w,
+                        format!("--dest-netns {ns} does not exist on the destination"),
+                    );
+                }
             }
         }
         self.dir = work_root.join(format!(
@@ -263,33 +308,16 @@ impl Receive<'_> {
         };
         tracing::info!(id, strategy = strategy.name(), why, "migration planned");
 
-        // The bundle: a copy of the source's config, its rootfs received or
-        // taken from the bundle named.
         let bundle_dir = self.dir.join("bundle");
-        make_dir(&bundle_dir, "bundle directory")?;
-        let rootfs = match &bundle {
-            Some(b) => {
-                let theirs: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(Path::new(b).join("config.json"))?)?;
-                let p = PathBuf::from(theirs["root"]["path"].as_str().unwrap_or("rootfs"));
-                if p.is_absolute() {
-                    p
-                } else {
-                    Path::new(b).join(p)
-                }
+        // The tree the source sends in two passes, and where the images go.
+        let (tree, images) = match docker_dirs {
+            Some((images, upper)) => {
+                // The writable layer: the image is here already.
+                w.recv_tar("upper", &upper)?;
+                (Some(("upper", upper)), images)
             }
-            None => {
-                let r = bundle_dir.join("rootfs");
-                w.recv_tar("rootfs", &r)?;
-                r
-            }
+            None => self.bundle(w, &bundle_dir, bundle.as_deref(), &config, netns.as_deref())?,
         };
-        std::fs::write(
-            bundle_dir.join("config.json"),
-            local_config(&config, &rootfs, netns.as_deref())?,
-        )?;
-
-        let images = self.dir.join("images");
         make_dir(&images, "image directory")?;
         let work = self.dir.join("work");
         loop {
@@ -329,22 +357,26 @@ impl Receive<'_> {
                 Msg::Tar { what, mode } if what == "images" => {
                     w.recv_tar_body(&images, mode)?;
                 }
-                Msg::Tar { what, mode } if what == "rootfs" && bundle.is_none() => {
+                Msg::Tar { what, mode } if tree.as_ref().is_some_and(|t| t.0 == what) => {
                     // The second pass: what changed while it ran.
-                    w.recv_tar_body(&rootfs, mode)?;
+                    w.recv_tar_body(&tree.as_ref().unwrap().1, mode)?;
                 }
-                Msg::Prune { what, keep } if what == "rootfs" && bundle.is_none() => {
-                    super::wire::prune_tree(&rootfs, &keep)?;
+                Msg::Prune { what, keep } if tree.as_ref().is_some_and(|t| t.0 == what) => {
+                    super::wire::prune_tree(&tree.as_ref().unwrap().1, &keep)?;
                 }
                 Msg::Restore { lazy } => {
-                    let restored = self.restore(
-                        &images,
-                        &work,
-                        &bundle_dir,
-                        &criu,
-                        lazy.as_deref(),
-                        strategy,
-                    )?;
+                    let restored = if docker.is_some() {
+                        self.restore_docker(&images)?
+                    } else {
+                        self.restore(
+                            &images,
+                            &work,
+                            &bundle_dir,
+                            &criu,
+                            lazy.as_deref(),
+                            strategy,
+                        )?
+                    };
                     w.send(&restored)?;
                     if lazy.is_some() {
                         // Post-copy: running already; the source ends when
@@ -367,7 +399,12 @@ impl Receive<'_> {
             Ok(m) => bail!("protocol error: expected commit, got {m:?}"),
             Err(e) => bail!("the source never committed ({e:#}): the restored copy is removed; the source keeps (or thaws) its container"),
         }
-        self.run_cmd(&["kill", "--all", &self.id, "SIGCONT"])
+        let rid = self
+            .twin
+            .as_ref()
+            .map(|t| t.id.clone())
+            .unwrap_or_else(|| self.id.clone());
+        self.run_cmd(&["kill", "--all", &rid, "SIGCONT"])
             .context("failed to let the restored container run")?;
         if let Some(g) = self.guard.take() {
             g.disarm();
@@ -378,15 +415,183 @@ impl Receive<'_> {
             ms = self.started.elapsed().as_millis() as u64,
             "migration done"
         );
-        let _ = std::fs::remove_dir_all(&images);
+        match self.twin.take() {
+            // The checkpoint served its purpose (and holds the marker).
+            Some(t) => {
+                if let Err(e) = t.client.remove_checkpoint(&t.id, DOCKER_CHECKPOINT) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&images);
+            }
+        }
         Ok(())
+    }
+
+    /// The bundle: a copy of the source's config, its rootfs received or
+    /// taken from the bundle named. The tree sent in two passes, if any,
+    /// and the image directory.
+    #[allow(clippy::type_complexity)]
+    fn bundle(
+        &mut self,
+        w: &mut Wire,
+        bundle_dir: &Path,
+        bundle: Option<&str>,
+        config: &str,
+        netns: Option<&str>,
+    ) -> Result<(Option<(&'static str, PathBuf)>, PathBuf)> {
+        make_dir(bundle_dir, "bundle directory")?;
+        let rootfs = match &bundle {
+            Some(b) => {
+                let theirs: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(Path::new(b).join("config.json"))?)?;
+                let p = PathBuf::from(theirs["root"]["path"].as_str().unwrap_or("rootfs"));
+                if p.is_absolute() {
+                    p
+                } else {
+                    Path::new(b).join(p)
+                }
+            }
+            None => {
+                let r = bundle_dir.join("rootfs");
+                w.recv_tar("rootfs", &r)?;
+                r
+            }
+        };
+        std::fs::write(
+            bundle_dir.join("config.json"),
+            local_config(config, &rootfs, netns)?,
+        )?;
+        let tree = bundle.is_none().then_some(("rootfs", rootfs));
+        Ok((tree, self.dir.join("images")))
+    }
+
+    /// Docker-managed: create the twin at this host's dockerd (refused if
+    /// the name is taken, the image is missing or differs, the runtime is
+    /// unknown). Its checkpoint directory and writable layer.
+    fn prepare_twin(&mut self, name: &str, d: &DockerTwin) -> Result<(PathBuf, PathBuf)> {
+        let host = self.docker.docker_host.clone().context(
+            "this destination takes no docker-managed containers: start migrate-listen with --docker-host unix:///var/run/docker.sock",
+        )?;
+        let client = crate::docker::Docker::connect(&host)?;
+        if client.inspect(name)?.is_some() {
+            bail!("a container named \"{name}\" exists at the destination's dockerd: pass --dest-id NEW_NAME, or remove it there first");
+        }
+        match client.image_layers(&d.image)? {
+            None => bail!(
+                "the image {0} is not at the destination's dockerd: load it there first (docker save {0} | docker -H <destination> load)",
+                d.image
+            ),
+            Some(l) if l != d.layers => bail!(
+                "the image {} at the destination's dockerd has other content than at the source (its layers differ): give both the same image",
+                d.image
+            ),
+            Some(_) => {}
+        }
+        let info = client.info()?;
+        let runtime = self
+            .docker
+            .docker_runtime
+            .clone()
+            .unwrap_or_else(|| d.runtime.clone());
+        let known: Vec<String> = info["Runtimes"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        if !known.contains(&runtime) {
+            bail!(
+                "the destination's dockerd has no runtime \"{runtime}\" (it has: {}): pass migrate-listen --docker-runtime NAME (cntrlive-runtime's name there)",
+                known.join(", ")
+            );
+        }
+        let mut body = d.create.clone();
+        body["HostConfig"]["Runtime"] = runtime.into();
+        let id = client
+            .create(name, &body)
+            .context("the destination's dockerd could not create the twin")?;
+        let t = client
+            .inspect(&id)?
+            .context("the twin vanished from the destination's dockerd")?;
+        self.twin = Some(Twin {
+            client,
+            host,
+            id: id.clone(),
+        });
+        if t.driver != "overlay2" {
+            bail!(
+                "the destination's dockerd uses the storage driver {:?}: migration moves into overlay2's writable layer only",
+                t.driver
+            );
+        }
+        let upper = t
+            .upper
+            .context("the destination's dockerd reports no writable layer for the twin")?;
+        let root = info["DockerRootDir"]
+            .as_str()
+            .context("the destination's dockerd does not say its DockerRootDir")?;
+        let images = Path::new(root)
+            .join("containers")
+            .join(&id)
+            .join("checkpoints")
+            .join(DOCKER_CHECKPOINT);
+        Ok((images, upper))
+    }
+
+    /// Docker-managed: the images are in the twin's checkpoint store;
+    /// dockerd starts it from there (our runtime's restore, through the
+    /// shim), stopped until the commit.
+    fn restore_docker(&mut self, images: &Path) -> Result<Msg> {
+        let started = Instant::now();
+        let t = self.twin.as_ref().context("no twin")?;
+        std::fs::write(
+            images.join(crate::commands::restore::HOLD_MARKER),
+            "held stopped until the source's copy is gone\n",
+        )?;
+        let mut guard = crate::criu::janitor::Janitor::spawn()
+            .context("failed to start the janitor process")?;
+        guard.arm(Action::Run(vec![
+            std::env::current_exe()?.display().to_string(),
+            "docker-remove".into(),
+            "--docker-host".into(),
+            t.host.clone(),
+            t.id.clone(),
+        ]));
+        self.guard = Some(guard);
+        let mut r = t.client.start_from_checkpoint(&t.id, DOCKER_CHECKPOINT);
+        if r.as_ref()
+            .is_err_and(|e| format!("{e}").contains("already exists"))
+        {
+            // moby/moby#42900: dockerd's content upload, before any runtime
+            // is called; a second try passes.
+            r = t.client.start_from_checkpoint(&t.id, DOCKER_CHECKPOINT);
+        }
+        r.context("the destination's dockerd could not start the twin from the checkpoint")?;
+        let root = crate::docker::runtime_root(self.docker.docker_exec_root.as_deref(), &t.id)?;
+        let rt = Ctx::new(crate::cli::GlobalOpts {
+            root,
+            ..self.ctx.global.clone()
+        });
+        let pid = rt
+            .store
+            .load(&t.id)
+            .ok()
+            .and_then(|c| c.pid())
+            .map(|p| p.as_raw())
+            .unwrap_or(0);
+        self.rt_ctx = Some(rt);
+        tracing::info!(id = self.id, twin = t.id, pid, "restored by dockerd");
+        Ok(Msg::Restored {
+            pid,
+            restore_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// argv of a runtime command of ours against this host's state.
     fn our_argv(&self, args: &[&str]) -> Result<Vec<String>> {
         let mut v = vec![std::env::current_exe()?.display().to_string()];
         v.extend(
-            global_args(self.ctx)
+            global_args(self.rt_ctx.as_ref().unwrap_or(self.ctx))
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned()),
         );
@@ -520,6 +725,11 @@ impl Receive<'_> {
 
     /// Remove what this migration left: the restored container, its files.
     fn undo(&mut self) {
+        if let Some(t) = self.twin.take() {
+            if let Err(e) = t.client.remove(&t.id) {
+                tracing::error!(twin = t.id, "failed to remove the twin: {e:#}");
+            }
+        }
         if self.registered {
             if let Err(e) = self.run_cmd(&["delete", "--force", &self.id]) {
                 tracing::error!(id = self.id, "failed to remove the restored copy: {e:#}");

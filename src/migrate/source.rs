@@ -306,12 +306,109 @@ fn free_port(addr: &str) -> Result<u16> {
     Ok(std::net::TcpListener::bind((addr, 0))?.local_addr()?.port())
 }
 
+/// A docker-managed container at the source: its daemon, and what the
+/// destination's daemon needs for the twin.
+struct DockerSource {
+    client: crate::docker::Docker,
+    id: String,
+    upper: std::path::PathBuf,
+    twin: super::wire::DockerTwin,
+}
+
+impl DockerSource {
+    /// Look the container up at this dockerd; the Ctx of dockerd's runtime
+    /// state root, where our runtime keeps it.
+    fn resolve(args: &MigrateArgs, host: &str, ctx: &Ctx) -> Result<(DockerSource, String, Ctx)> {
+        let client = crate::docker::Docker::connect(host)?;
+        let name = &args.container_id;
+        let c = client
+            .inspect(name)?
+            .with_context(|| format!("no container \"{name}\" at dockerd {host}"))?;
+        if !c.running {
+            bail!("docker container \"{name}\" is not running: only a running container can be migrated");
+        }
+        if c.driver != "overlay2" {
+            bail!(
+                "docker container \"{name}\" uses the storage driver {:?}: migration moves overlay2's writable layer only",
+                c.driver
+            );
+        }
+        let upper = c
+            .upper
+            .clone()
+            .context("dockerd reports no writable layer (GraphDriver.Data.UpperDir)")?;
+        let layers = client.image_layers(&c.image)?.with_context(|| {
+            format!(
+                "the image {} of \"{name}\" is gone from dockerd {host}",
+                c.image
+            )
+        })?;
+        let root = crate::docker::runtime_root(args.docker_exec_root.as_deref(), &c.id)?;
+        let dctx = Ctx::new(crate::cli::GlobalOpts {
+            root,
+            ..ctx.global.clone()
+        });
+        if let Err(e) = dctx.store.load(&c.id) {
+            bail!(
+                "docker container \"{name}\" (runtime {:?}) is not a cntrlive-runtime container ({e:#}): \
+                 docker-managed migration needs `docker run --runtime <cntrlive-runtime's name>`",
+                c.runtime
+            );
+        }
+        let dest_name = args.dest_id.clone().unwrap_or_else(|| c.name.clone());
+        Ok((
+            DockerSource {
+                client,
+                id: c.id,
+                upper,
+                twin: super::wire::DockerTwin {
+                    create: c.create,
+                    image: c.image,
+                    layers,
+                    runtime: c.runtime,
+                },
+            },
+            dest_name,
+            dctx,
+        ))
+    }
+}
+
+/// Docker-managed containers: dockerd restores through `docker start
+/// --checkpoint`, which takes one complete image directory.
+fn docker_strategy(asked: Strategy) -> Result<(Strategy, String)> {
+    const WHY: &str = "a docker-managed container is restored by the destination's dockerd (`start --checkpoint`), which takes one complete image directory: no pre-copy parent chain, no lazy pages";
+    match asked {
+        Strategy::Auto | Strategy::StopAndCopy => Ok((Strategy::StopAndCopy, WHY.into())),
+        s => bail!(
+            "--strategy {} is not available: {WHY}; use stop-and-copy",
+            s.name()
+        ),
+    }
+}
+
 pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let started = Instant::now();
     let tls = Tls::from_dir(&args.tls_dir)?;
     let timeout = criu_timeout(ctx)?;
-    let id = args.container_id.clone();
-    let dest_id = args.dest_id.clone().unwrap_or_else(|| id.clone());
+    let (docker, dest_id, dctx) = match &args.docker_host {
+        Some(h) => {
+            let (d, n, c) = DockerSource::resolve(&args, h, ctx)?;
+            (Some(d), n, Some(c))
+        }
+        None => (
+            None,
+            args.dest_id
+                .clone()
+                .unwrap_or_else(|| args.container_id.clone()),
+            None,
+        ),
+    };
+    let ctx = dctx.as_ref().unwrap_or(ctx);
+    let id = docker
+        .as_ref()
+        .map(|d| d.id.clone())
+        .unwrap_or_else(|| args.container_id.clone());
     crate::store::validate_id(&dest_id)?;
     let c = ctx.store.load(&id)?;
     match c.status() {
@@ -323,17 +420,26 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let config = std::fs::read_to_string(&config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let spec = crate::bundle::parse_config(&config_path)?;
-    let rootfs = {
-        let r = spec
-            .root()
-            .as_ref()
-            .context("config.json has no root")?
-            .path();
-        if r.is_absolute() {
-            r.clone()
-        } else {
-            c.bundle().join(r)
+    // The tree sent: a docker container's writable layer (the image is on
+    // the destination already), else the rootfs unless --dest-bundle.
+    let tree = match &docker {
+        Some(d) => Some(("upper", d.upper.clone())),
+        None if args.dest_bundle.is_none() => {
+            let r = spec
+                .root()
+                .as_ref()
+                .context("config.json has no root")?
+                .path();
+            Some((
+                "rootfs",
+                if r.is_absolute() {
+                    r.clone()
+                } else {
+                    c.bundle().join(r)
+                },
+            ))
         }
+        None => None,
     };
     let ws = working_set(pid);
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
@@ -344,13 +450,26 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         .join(format!("{id}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     make_dir(&work, "migration work directory")?;
+    let ids = Ids {
+        id: &id,
+        dest_id: &dest_id,
+        docker: docker.as_ref().map(|d| d.twin.clone()),
+    };
     let result = run(
-        &args, ctx, &tls, timeout, &work, &config, &rootfs, ws, pid, &progress, &dest_id,
+        &args, ctx, &tls, timeout, &work, &config, tree, ws, pid, &progress, ids,
     );
     progress.done();
     match result {
         Ok(mut report) => {
             let _ = std::fs::remove_dir_all(&work);
+            if let Some(d) = &docker {
+                // Its processes are gone; dockerd's record of it goes too.
+                if let Err(e) = d.client.remove(&d.id) {
+                    eprintln!(
+                        "warning: the container runs on the destination, but removing it from this dockerd failed: {e:#}"
+                    );
+                }
+            }
             report.total_ms = ms(started.elapsed());
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -362,12 +481,20 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         Err(e) => {
             let _ = std::fs::remove_dir_all(work.join("images"));
             Err(e.context(format!(
-                "migration of \"{id}\" to {} failed (CRIU's logs: {})",
+                "migration of \"{}\" to {} failed (CRIU's logs: {})",
+                args.container_id,
                 args.destination,
                 work.display()
             )))
         }
     }
+}
+
+/// The container here and its name and kind at the destination.
+struct Ids<'a> {
+    id: &'a str,
+    dest_id: &'a str,
+    docker: Option<super::wire::DockerTwin>,
 }
 
 fn print_report(r: &MigrationReport) {
@@ -416,13 +543,15 @@ fn run(
     timeout: Duration,
     work: &Path,
     config: &str,
-    rootfs: &Path,
+    tree: Option<(&'static str, std::path::PathBuf)>,
     ws: u64,
     pid: i32,
     progress: &Progress,
-    dest_id: &str,
+    ids: Ids,
 ) -> Result<MigrationReport> {
-    let id = &args.container_id;
+    let id = &ids.id.to_string();
+    let dest_id = ids.dest_id;
+    let is_docker = ids.docker.is_some();
     progress.say(format!("connecting to {}", args.destination));
     let mut w = Wire::connect(&args.destination, tls, timeout)?;
     let mine = super::abilities(ctx, &work.join("probe"))?;
@@ -435,11 +564,16 @@ fn run(
         netns: args.dest_netns.as_ref().map(|p| p.display().to_string()),
         criu: criu.clone(),
         abilities: mine.clone(),
+        docker: ids.docker.map(Box::new),
     })?;
     let Msg::Welcome { abilities: theirs } = w.expect("welcome")? else {
         unreachable!()
     };
-    let (strategy, why) = choose(args.strategy, &mine, &theirs, ws)?;
+    let (strategy, why) = if is_docker {
+        docker_strategy(args.strategy)?
+    } else {
+        choose(args.strategy, &mine, &theirs, ws)?
+    };
     progress.line(format!("strategy: {} ({why})", strategy.name()));
     w.send(&Msg::Plan {
         strategy,
@@ -468,21 +602,20 @@ fn run(
         page_bytes: 0,
         total_ms: 0.0,
     };
-    // The rootfs in two passes: all of it while the container runs, then,
-    // frozen, what changed since (ctime) and what was deleted.
-    let second_pass = if args.dest_bundle.is_none() {
-        progress.say(format!("sending the rootfs {}", rootfs.display()));
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64 - 1)
-            .unwrap_or(0);
-        report.rootfs_bytes = w.send_tar("rootfs", rootfs)?;
-        Some(RootfsDelta {
-            dir: rootfs.to_path_buf(),
-            since,
-        })
-    } else {
-        None
+    // The rootfs (or writable layer) in two passes: all of it while the
+    // container runs, then, frozen, what changed since (ctime) and what
+    // was deleted.
+    let second_pass = match tree {
+        Some((what, dir)) => {
+            progress.say(format!("sending the {what} {}", dir.display()));
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64 - 1)
+                .unwrap_or(0);
+            report.rootfs_bytes = w.send_tar(what, &dir)?;
+            Some(RootfsDelta { what, dir, since })
+        }
+        None => None,
     };
     let images = work.join("images");
     let opts = CheckpointOptions {
@@ -528,6 +661,7 @@ fn run(
 
 /// The rootfs's second pass, sent while the container is frozen.
 struct RootfsDelta {
+    what: &'static str,
     dir: std::path::PathBuf,
     since: i64,
 }
@@ -535,9 +669,9 @@ struct RootfsDelta {
 impl RootfsDelta {
     fn send(&self, w: &mut Wire) -> Result<u64> {
         let keep = super::wire::list_tree(&self.dir)?;
-        let n = w.send_tar_since("rootfs", &self.dir, Some(self.since))?;
+        let n = w.send_tar_since(self.what, &self.dir, Some(self.since))?;
         w.send(&Msg::Prune {
-            what: "rootfs".into(),
+            what: self.what.into(),
             keep,
         })?;
         Ok(n)

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::options::Tls;
 
 /// Protocol version; both sides must speak the same.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The name every node certificate carries (`migrate-certs`); peers are
 /// authenticated by the CA that signed them, not by host name.
 pub const PEER_NAME: &str = "cntrlive-migration";
@@ -66,6 +66,23 @@ pub struct Abilities {
     pub lazy_pages: bool,
 }
 
+/// What the destination's dockerd needs to create a docker-managed
+/// container's twin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerTwin {
+    /// A create request's body: the source's `Config` with `HostConfig`.
+    pub create: serde_json::Value,
+    /// `Config.Image`, and its layers' digests (the same content must be
+    /// on the destination).
+    pub image: String,
+    pub layers: Vec<String>,
+    /// The runtime's name at the source's dockerd.
+    pub runtime: String,
+}
+
+/// The name of the checkpoint the destination puts into its twin's store.
+pub const DOCKER_CHECKPOINT: &str = "cntrlive-migrate";
+
 /// CRIU options both sides must agree on.
 pub type CriuWire = crate::cli::CriuStateFlags;
 
@@ -86,6 +103,10 @@ pub enum Msg {
         netns: Option<String>,
         criu: CriuWire,
         abilities: Abilities,
+        /// A docker-managed container: its twin is created through the
+        /// destination's dockerd (`id` is its name there).
+        #[serde(default)]
+        docker: Option<Box<DockerTwin>>,
     },
     /// Destination → source: ready, and what it can do.
     Welcome { abilities: Abilities },
@@ -357,8 +378,9 @@ impl Wire {
         }
     }
 
-    /// Send the tree `dir` as a tar stream (files, dirs, symlinks, devices;
-    /// CRIU's logs and stats excluded). Returns the bytes sent.
+    /// Send the tree `dir` as a tar stream (files, dirs, symlinks, devices,
+    /// FIFOs, overlayfs's opaque marks; CRIU's logs and stats excluded).
+    /// Returns the bytes sent.
     pub fn send_tar(&mut self, what: &str, dir: &Path) -> Result<u64> {
         self.send_tar_since(what, dir, None)
     }
@@ -417,13 +439,38 @@ impl Wire {
             for e in a.entries()? {
                 let mut e = e?;
                 let rel = e.path()?.into_owned();
+                if !rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                {
+                    bail!(
+                        "refusing {} in the stream: not a plain relative path",
+                        rel.display()
+                    );
+                }
                 let target = dir.join(&rel);
-                if e.header().entry_type().is_symlink() {
+                let kind = e.header().entry_type();
+                if kind.is_symlink() {
                     let _ = std::fs::remove_file(&target);
                 }
+                if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+                    make_node(e.header(), &target)?;
+                    continue;
+                }
+                let opaque = e
+                    .pax_extensions()?
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .find(|x| x.key() == Ok(OPAQUE_PAX))
+                    .map(|x| x.value_bytes().to_vec());
                 e.unpack_in(dir).with_context(|| {
                     format!("failed to unpack {} into {}", rel.display(), dir.display())
                 })?;
+                if let Some(v) = opaque {
+                    xattr::set(&target, OPAQUE, &v)
+                        .with_context(|| format!("cannot mark {} opaque", target.display()))?;
+                }
             }
         }
         // Drain to the end marker.
@@ -441,6 +488,40 @@ fn tls_error(e: io::Error, peer: &str) -> anyhow::Error {
     )
 }
 
+/// overlayfs's mark of an opaque directory, carried as a PAX record.
+const OPAQUE: &str = "trusted.overlay.opaque";
+const OPAQUE_PAX: &str = "SCHILY.xattr.trusted.overlay.opaque";
+
+/// A device node or FIFO from the stream (tar would make a regular file).
+fn make_node(h: &tar::Header, target: &Path) -> Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let kind = match h.entry_type() {
+        tar::EntryType::Char => SFlag::S_IFCHR,
+        tar::EntryType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFIFO,
+    };
+    let dev = libc::makedev(
+        h.device_major()?.unwrap_or(0),
+        h.device_minor()?.unwrap_or(0),
+    );
+    let _ = std::fs::remove_file(target);
+    mknod(
+        target,
+        kind,
+        Mode::from_bits_truncate(h.mode()? & 0o7777),
+        dev,
+    )
+    .with_context(|| format!("cannot create {}", target.display()))?;
+    nix::unistd::fchownat(
+        None,
+        target,
+        Some(nix::unistd::Uid::from_raw(h.uid()? as u32)),
+        Some(nix::unistd::Gid::from_raw(h.gid()? as u32)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
 /// Walk `root/rel` into the archive without following symlinks.
 fn append_tree<W: Write>(
     b: &mut tar::Builder<W>,
@@ -448,7 +529,7 @@ fn append_tree<W: Write>(
     rel: &Path,
     since: Option<i64>,
 ) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
@@ -461,8 +542,30 @@ fn append_tree<W: Write>(
         let r = rel.join(&name);
         let ft = e.file_type()?;
         if ft.is_dir() {
+            // overlayfs: a directory that hides the lower layers' one.
+            if let Ok(Some(v)) = xattr::get(e.path(), OPAQUE) {
+                b.append_pax_extensions([(OPAQUE_PAX, v.as_slice())])?;
+            }
             b.append_dir(&r, e.path())?;
             append_tree(b, root, &r, since)?;
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            // Devices (overlayfs whiteouts are 0:0 character devices) and
+            // FIFOs, built here: tar's append_path_with_name names them by
+            // their absolute path (tar 0.4.46).
+            let m = e.metadata()?;
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+            h.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else {
+                tar::EntryType::Fifo
+            });
+            h.set_size(0);
+            h.set_device_major(libc::major(m.rdev()))?;
+            h.set_device_minor(libc::minor(m.rdev()))?;
+            b.append_data(&mut h, &r, io::empty())?;
         } else if ft.is_symlink()
             || since.is_none_or(|t| e.metadata().map(|m| m.ctime() >= t).unwrap_or(true))
         {
