@@ -72,3 +72,9 @@ def assert_runs_unfrozen_on(host, cid, b):
     wait_for(lambda: read_count(b) > n + 2, what="the source's counter to go on")
 
 
+def pids_of(pattern, parent=None):
+    """Processes whose command line matches; with `parent`, only its
+    children (the receiving process, not its forked guard)."""
+    cmd = ["pgrep", "-f", pattern] + (["-P", str(parent)] if parent else [])
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]

@@ -1,5 +1,6 @@
 """dockerd with the binary under test added as a runtime
 (`dockerd --add-runtime test-NAME=PATH`, `docker run --runtime test-NAME`)."""
+import os
 import time
 
 import pytest
@@ -282,4 +283,37 @@ def test_migrate_command_refusals_leave_the_docker_container_running(docker_stac
     finally:
         src.docker("rm", "-f", cname, only, check=False)
         src.docker("rmi", "cntrlive-only-here:1", check=False)
+        dst.docker("rm", "-f", cname, check=False)
+
+
+def test_migrate_command_destination_dies_after_creating_the_twin(docker_stack, docker_stack_b, docker_hosts):
+    """The destination's receiving process is SIGKILLed once the twin
+    exists at its dockerd (a 300 MiB writable layer is still on its way):
+    its guard removes the twin; the source, seeing the connection drop,
+    keeps its container running, unfrozen, at its dockerd."""
+    import signal
+    import subprocess
+    from helpers import OURS, runtimes_under_test
+    from migration import pids_of
+    src, dst = docker_stack, docker_stack_b
+    a, b = docker_hosts
+    runtime = src.runtime_name([n for n, p in runtimes_under_test() if p == str(OURS)][0])
+    cname = "dk-migrate-dest-dies"
+    run_counter(src, runtime, cname)
+    try:
+        src.docker("exec", cname, "dd", "if=/dev/zero", "of=/big", "bs=1M", "count=300")
+        p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--docker-host", src.docker_host,
+                                       cname, b.addr),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: names(dst, cname) != [], timeout=30, what="the twin to be created")
+        for pid in pids_of(f"migrate-receive .*{b.work}", parent=b.listener.pid):
+            os.kill(pid, signal.SIGKILL)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1, err
+        assert status(src, cname) == "running"
+        n = docker_count(src, cname)
+        wait_for(lambda: docker_count(src, cname) > n + 2, what="the source's counter to go on")
+        wait_for(lambda: names(dst, cname) == [], timeout=30, what="the guard to remove the twin")
+    finally:
+        src.docker("rm", "-f", cname, check=False)
         dst.docker("rm", "-f", cname, check=False)

@@ -25,7 +25,7 @@ import pytest
 from faults import freezer_file, is_frozen
 from helpers import (OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status, set_netns, static_prog, veth_to_netns,
                      wait_for)
-from migration import Host, assert_runs_unfrozen_on, make_certs, start_counter
+from migration import Host, assert_runs_unfrozen_on, make_certs, pids_of, start_counter
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +128,6 @@ def test_unauthenticated_peer_is_refused(hosts, tmp_path, certs):
     assert p.returncode == 1 and "TLS" in p.stderr, p.stderr
     assert_runs_unfrozen_on(a, "c1", src)
     assert b.rt.list_ids() == []
-
-
-def pids_of(pattern, parent=None):
-    """Processes whose command line matches; with `parent`, only its
-    children (the receiving process, not its forked guard)."""
-    cmd = ["pgrep", "-f", pattern] + (["-P", str(parent)] if parent else [])
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
 
 
 def test_destination_dies_mid_migration(hosts, tmp_path):

@@ -208,7 +208,6 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
 /// A docker-managed container's twin, created at this host's dockerd.
 struct Twin {
     client: crate::docker::Docker,
-    host: String,
     id: String,
 }
 
@@ -507,15 +506,26 @@ impl Receive<'_> {
         }
         let mut body = d.create.clone();
         body["HostConfig"]["Runtime"] = runtime.into();
+        // From the twin's creation on, a guard removes it if this process
+        // dies before the commit.
+        let mut guard = crate::criu::janitor::Janitor::spawn()
+            .context("failed to start the janitor process")?;
         let id = client
             .create(name, &body)
             .context("the destination's dockerd could not create the twin")?;
+        guard.arm(Action::Run(vec![
+            std::env::current_exe()?.display().to_string(),
+            "docker-remove".into(),
+            "--docker-host".into(),
+            host.clone(),
+            id.clone(),
+        ]));
+        self.guard = Some(guard);
         let t = client
             .inspect(&id)?
             .context("the twin vanished from the destination's dockerd")?;
         self.twin = Some(Twin {
             client,
-            host,
             id: id.clone(),
         });
         if t.driver != "overlay2" {
@@ -548,16 +558,6 @@ impl Receive<'_> {
             images.join(crate::commands::restore::HOLD_MARKER),
             "held stopped until the source's copy is gone\n",
         )?;
-        let mut guard = crate::criu::janitor::Janitor::spawn()
-            .context("failed to start the janitor process")?;
-        guard.arm(Action::Run(vec![
-            std::env::current_exe()?.display().to_string(),
-            "docker-remove".into(),
-            "--docker-host".into(),
-            t.host.clone(),
-            t.id.clone(),
-        ]));
-        self.guard = Some(guard);
         let mut r = t.client.start_from_checkpoint(&t.id, DOCKER_CHECKPOINT);
         if r.as_ref()
             .is_err_and(|e| format!("{e}").contains("already exists"))
