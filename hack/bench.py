@@ -109,6 +109,22 @@ def med(xs):
     return statistics.median(xs)
 
 
+def run_in_second_kernel(script, body):
+    """Write `body` (shell) to `script` and run it inside the second kernel
+    (the one /boot holds beside this machine's, with soft-dirty) under
+    virtme-ng: TCG emulation, 2 vCPUs, 6 GiB, the host's filesystem
+    read-write. Returns that kernel's version."""
+    script.write_text("#!/bin/sh\nexec </dev/null\n"
+                      "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" + body)
+    script.chmod(0o755)
+    kernel = next(str(p) for p in sorted(pathlib.Path("/boot").glob("vmlinuz-*")) if platform.release() not in p.name)
+    venv = pathlib.Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{venv}:{os.environ['PATH']}")
+    subprocess.run(f"vng -r {kernel} --disable-kvm --rw --memory 6G --cpus 2 --exec {script} | cat",
+                   shell=True, env=env, check=True)
+    return kernel.split("vmlinuz-")[1]
+
+
 def write_section(doc, name, lines):
     """Replace (or append) the `<!-- bench:NAME:start/end -->` block of `doc`."""
     doc = pathlib.Path(doc)

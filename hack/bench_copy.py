@@ -32,7 +32,7 @@ sys.path.insert(0, str(TOP / "integration"))
 from helpers import OURS, Runtime, make_memwriter_bundle, read_mem_status  # noqa: E402
 
 sys.path.insert(0, str(TOP / "hack"))
-from bench import med, write_section  # noqa: E402
+from bench import med, run_in_second_kernel, write_section  # noqa: E402
 
 RESULTS = pathlib.Path("/var/lib/cntrlive-bench")
 
@@ -143,22 +143,12 @@ def main():
     if a.mode == "vm":
         # Boot the second kernel and run the pre-copy bench inside it.
         RESULTS.mkdir(parents=True, exist_ok=True)
-        script = RESULTS / "run.sh"
         sizes = a.sizes or "256,1024"
-        script.write_text(f"""#!/bin/sh
-exec </dev/null
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mkdir -p /var/tmp/bench
+        kernel = run_in_second_kernel(RESULTS / "run.sh", f"""mkdir -p /var/tmp/bench
 cd {TOP} && {sys.executable} hack/bench_copy.py pre-copy --sizes {sizes} --rate {a.rate} > {RESULTS}/pre-copy.jsonl 2> {RESULTS}/pre-copy.err
 """)
-        script.chmod(0o755)
-        kernel = next(str(p) for p in sorted(pathlib.Path("/boot").glob("vmlinuz-*")) if platform.release() not in p.name)
-        venv = pathlib.Path(sys.executable).parent
-        env = dict(os.environ, PATH=f"{venv}:{os.environ['PATH']}")
-        subprocess.run(f"vng -r {kernel} --disable-kvm --rw --memory 6G --cpus 2 --exec {script} | cat",
-                       shell=True, env=env, check=True)
         rows = [json.loads(l) for l in (RESULTS / "pre-copy.jsonl").read_text().splitlines() if l.strip()]
-        lines = [f"Measured {stamp} inside Debian's {kernel.split('vmlinuz-')[1]} under virtme-ng (TCG emulation, 2 vCPUs): "
+        lines = [f"Measured {stamp} inside Debian's {kernel} under virtme-ng (TCG emulation, 2 vCPUs): "
                  f"a memwriter dirtying {a.rate} pages/s; final dump of stop-and-copy vs 1, 2, 3 pre-dump rounds "
                  "(`checkpoint --pre-dump-rounds N`, one CRIU session). Downtime = CRIU's frozen time of the final dump.",
                  "", f"Command: `sudo hack/bench_copy.py vm --sizes {sizes} --rate {a.rate}`", "",

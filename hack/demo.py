@@ -194,11 +194,30 @@ def migrate_docker(work):
         logs = b.docker("logs", "web").stdout.split()
         print(f"   host b logs start at {logs[0]} (host a stopped at {last}), now at {logs[-1]}")
         out = b.docker("exec", "web", "echo", "exec on host b").stdout.strip()
-        print(f"   docker exec web -> {out!r}; docker stop/rm:")
-        b.docker("stop", "-t", "1", "web")
-        b.docker("rm", "web")
+        print(f"   docker exec web -> {out!r}")
+        a.docker("rm", "web")  # the checkpointed original
+        # The same move in one command, back from b to a.
+        from migration import Host, make_certs
+        certs = make_certs(work / "docker-certs")
+        la = Host(work, "dockerd-a", certs["src"], listen_args=("--docker-host", a.docker_host))
+        lb = Host(work, "dockerd-b", certs["dst"])
+        try:
+            t = time.perf_counter()
+            r, _ = lb.migrate("web", la, "--docker-host", b.docker_host)
+            show("host b -> a in one command: cntrlive-runtime migrate --docker-host <b> web <a's listener>", t)
+            print(f"   {r['strategy']}: downtime {r['downtime_ms']:.0f} ms (restore by dockerd's start --checkpoint "
+                  f"{r['restore_ms']:.0f} ms), pages {r['page_bytes'] / 2**20:.1f} MiB, "
+                  f"writable layer {r['rootfs_bytes'] / 1024:.0f} KiB")
+            time.sleep(1)
+            logs = a.docker("logs", "web").stdout.split()
+            print(f"   host a logs start at {logs[0]}, now at {logs[-1]}; host b's containers: "
+                  f"{b.docker('ps', '-aq').stdout.split() or 'none'}")
+        finally:
+            la.close()
+            lb.close()
+        a.docker("stop", "-t", "1", "web")
         a.docker("rm", "web")
-        print("   done")
+        print("   docker stop/rm on host a: done")
     finally:
         b.stop()
         a.stop()
