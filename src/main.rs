@@ -14,6 +14,7 @@ mod commands;
 mod config;
 mod criu;
 mod docker;
+mod lock;
 mod logging;
 mod migrate;
 mod store;
@@ -71,6 +72,28 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let ctx = commands::Ctx::new(cli.global);
+    // One state-changing command at a time per container (src/lock.rs).
+    let locked: Option<(&str, &str)> = match &command {
+        Command::Create(a) => Some((&a.container_id, "create")),
+        Command::Run(a) => Some((&a.container_id, "run")),
+        Command::Start(a) => Some((&a.container_id, "start")),
+        Command::Pause(a) => Some((&a.container_id, "pause")),
+        Command::Resume(a) => Some((&a.container_id, "resume")),
+        Command::Update(a) => Some((&a.container_id, "update")),
+        Command::Delete(a) => Some((&a.container_id, "delete")),
+        Command::Checkpoint(a) => Some((&a.container_id, "checkpoint")),
+        Command::Restore(a) => Some((&a.container_id, "restore")),
+        // Docker-managed: the state is dockerd's runtime root, found later.
+        Command::Migrate(a) if a.docker_host.is_none() => Some((&a.container_id, "migrate")),
+        _ => None,
+    };
+    if let Some((id, what)) = locked {
+        if store::validate_id(id).is_ok() {
+            let wait = commands::checkpoint::criu_timeout(&ctx)? + std::time::Duration::from_secs(10);
+            ctx.ensure_root()?;
+            lock::acquire(ctx.store.root(), id, what, wait)?;
+        }
+    }
     use commands::*;
     match command {
         Command::Create(a) => create::create(a, &ctx).map(|_| 0),

@@ -73,6 +73,8 @@ pub fn run(args: RunArgs, ctx: &Ctx) -> Result<i32> {
     if args.detach {
         return Ok(0);
     }
+    // From here it only waits: other commands may act on the container.
+    crate::lock::release();
     let pid = c.pid().context("container has no init pid after start")?;
     let status = foreground::wait_forwarding_signals(pid)?;
     if !args.keep {

@@ -43,14 +43,15 @@ impl Ctx {
         }
     }
 
-    /// Create the state root (0711, as runc) if it is missing.
+    /// Create the state root if it is missing: owner-only (0700; runc:
+    /// 0711) — it holds every container's config and init pid.
     pub fn ensure_root(&self) -> Result<PathBuf> {
         let root = self.store.root();
         if !root.exists() {
             std::fs::create_dir_all(root)
                 .with_context(|| format!("failed to create the state root {}", root.display()))?;
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711));
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
         }
         Ok(root.to_path_buf())
     }

@@ -478,7 +478,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     if o.detach {
         return Ok(0);
     }
-    // Attached: wait for the restored init (our child through rst_sibling).
+    // Attached: wait for the restored init (our child through rst_sibling);
+    // from here other commands may act on the container.
+    crate::lock::release();
     if !o.no_subreaper {
         foreground::become_subreaper()?;
     }
