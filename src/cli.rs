@@ -636,8 +636,70 @@ pub struct CheckpointArgs {
     /// by default the container stays (frozen) until our restore confirms
     #[arg(long, requires = "lazy_pages")]
     pub no_lazy_confirm: bool,
+    #[command(flatten)]
+    pub batch: BatchFlags,
     /// The container ID
-    pub container_id: String,
+    #[arg(required_unless_present = "all")]
+    pub container_id: Option<String>,
+    /// More containers: a batch, each into IMAGE_PATH/ID (docs/batch.md)
+    pub more_ids: Vec<String>,
+}
+
+/// Batch checkpoint and restore (docs/batch.md).
+#[derive(Args, Debug, Clone)]
+pub struct BatchFlags {
+    /// A batch of every running (or paused) container in the state root
+    /// (restore: every checkpoint of the batch directory IMAGE_PATH)
+    #[arg(long)]
+    pub all: bool,
+    /// Batch: containers handled at once
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// Batch: print the report as JSON (no progress display)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Batch restore: admission control (docs/batch.md).
+#[derive(Args, Debug, Clone)]
+pub struct AdmissionFlags {
+    /// Batch restore: at most this much memory (estimated from the images)
+    /// for the containers it restores, e.g. 512M, 2G
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Batch restore: memory left to the host (MemAvailable minus this is
+    /// what restores may use)
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub memory_reserve: u64,
+    /// Batch restore: when a container does not fit, wait up to this long
+    /// for memory (a Go duration: 30s, 5m) instead of stopping
+    #[arg(long, value_name = "DURATION")]
+    pub wait_for_memory: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?}: {e} (e.g. 512M, 2G)"))
+}
+
+impl CheckpointArgs {
+    pub fn id(&self) -> &str {
+        self.container_id.as_deref().unwrap_or_default()
+    }
+    pub fn is_batch(&self) -> bool {
+        self.batch.all || !self.more_ids.is_empty()
+    }
+}
+
+impl RestoreArgs {
+    pub fn id(&self) -> &str {
+        self.container_id.as_deref().unwrap_or_default()
+    }
+    pub fn is_batch(&self) -> bool {
+        self.batch.all || !self.more_ids.is_empty()
+    }
 }
 
 /// `restore` flags, named as runc's `restore.go`.
@@ -681,8 +743,15 @@ pub struct RestoreArgs {
     /// 0,1,2: the runtime's own stdio)
     #[arg(long, value_name = "IN,OUT,ERR", hide = true)]
     pub stdio_fds: Option<String>,
+    #[command(flatten)]
+    pub batch: BatchFlags,
+    #[command(flatten)]
+    pub admission: AdmissionFlags,
     /// The container ID
-    pub container_id: String,
+    #[arg(required_unless_present = "all")]
+    pub container_id: Option<String>,
+    /// More containers: a batch restore from IMAGE_PATH/ID each
+    pub more_ids: Vec<String>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! here and becomes one log line plus exit status 1, as runc's `fatal`.
 
 mod argv;
+mod batch;
 mod bundle;
 mod checkpoint;
 mod cli;
@@ -81,15 +82,17 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => Some((&a.container_id, "resume")),
         Command::Update(a) => Some((&a.container_id, "update")),
         Command::Delete(a) => Some((&a.container_id, "delete")),
-        Command::Checkpoint(a) => Some((&a.container_id, "checkpoint")),
-        Command::Restore(a) => Some((&a.container_id, "restore")),
+        // A batch locks each container in its own child command.
+        Command::Checkpoint(a) if !a.is_batch() => Some((a.id(), "checkpoint")),
+        Command::Restore(a) if !a.is_batch() => Some((a.id(), "restore")),
         // Docker-managed: the state is dockerd's runtime root, found later.
         Command::Migrate(a) if a.docker_host.is_none() => Some((&a.container_id, "migrate")),
         _ => None,
     };
     if let Some((id, what)) = locked {
         if store::validate_id(id).is_ok() {
-            let wait = commands::checkpoint::criu_timeout(&ctx)? + std::time::Duration::from_secs(10);
+            let wait =
+                commands::checkpoint::criu_timeout(&ctx)? + std::time::Duration::from_secs(10);
             ctx.ensure_root()?;
             lock::acquire(ctx.store.root(), id, what, wait)?;
         }
@@ -113,7 +116,7 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Features => features::features(&ctx).map(|_| 0),
         Command::Check => check::check(&ctx),
         Command::PageServer(a) => page_server::page_server(a, &ctx).map(|_| 0),
-        Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx).map(|_| 0),
+        Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx),
         Command::Restore(a) => restore::restore(a, &ctx),
         Command::Migrate(a) => migrate::source::migrate(a, &ctx).map(|_| 0),
         Command::MigrateListen(a) => migrate::dest::migrate_listen(a, &ctx).map(|_| 0),

@@ -161,7 +161,10 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
         .with_context(|| format!("failed to create the {what} {}", p.display()))
 }
 
-pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
+pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
+    if args.is_batch() {
+        return crate::batch::checkpoint(args, ctx);
+    }
     let opts = CheckpointOptions::from_args(&args)?;
     let done = dump(opts, args.leave_running, ctx, &mut NoHooks)?;
     if let Some(format) = args.criu.stats {
@@ -170,7 +173,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<()> {
         )?;
         println!("{}", report.render(format));
     }
-    Ok(())
+    Ok(0)
 }
 
 /// What `migrate` plugs into a checkpoint.

@@ -633,18 +633,7 @@ impl Receive<'_> {
         strategy: Strategy,
     ) -> Result<Msg> {
         let started = Instant::now();
-        let (pr, pw) = nix::unistd::pipe()?;
         let exe = std::env::current_exe()?;
-        let log = self.dir.join("container.log");
-        Command::new(&exe)
-            .arg("log-relay")
-            .arg(&log)
-            .stdin(Stdio::from(pr))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("cannot start the log relay")?;
         let mut cmd = Command::new(&exe);
         cmd.args(global_args(self.ctx))
             .arg("restore")
@@ -669,38 +658,16 @@ impl Receive<'_> {
             }
         }
         cmd.arg(&self.id);
-        let null = std::fs::File::open("/dev/null")?;
-        let (n, p) = (null.as_raw_fd(), pw.as_raw_fd());
-        // SAFETY: dup2 only, between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                // Three distinct fds: CRIU closes each inherited fd once
-                // it has stored it.
-                if libc::dup2(n, 10) < 0 || libc::dup2(p, 11) < 0 || libc::dup2(p, 12) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // Output to a file, not a pipe: what restore leaves running (the
-        // janitor, the lazy-pages supervisor) would hold a pipe open.
         let errors = self.dir.join("restore.err");
         let mut guard = crate::criu::janitor::Janitor::spawn()
             .context("failed to start the janitor process")?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&errors)?)
-            .spawn()
-            .context("cannot run restore")?;
+        let mut child = spawn_restore(cmd, &self.dir.join("container.log"), &errors)?;
         guard.arm(Action::Kill(nix::unistd::Pid::from_raw(child.id() as i32)));
         guard.arm(Action::Run(
             self.our_argv(&["delete", "--force", &self.id])?,
         ));
         self.guard = Some(guard);
         let status = child.wait().context("cannot run restore")?;
-        drop(pw);
         if !status.success() {
             bail!(
                 "restore failed on the destination: {}",
@@ -745,6 +712,53 @@ impl Receive<'_> {
             let _ = std::fs::remove_dir_all(self.dir.join("bundle"));
         }
     }
+}
+
+/// Start a detached `restore` of ours (`cmd`, which passes `--stdio-fds
+/// 10,11,12`): the container's stdin is /dev/null, its stdout and stderr a
+/// pipe to a `log-relay` appending to `log` (pipes, so that it can be
+/// checkpointed and moved again); restore's own messages go to `errors`
+/// (a file, not a pipe: what restore leaves running — janitor, lazy-pages
+/// supervisor — would hold a pipe open).
+pub(crate) fn spawn_restore(
+    mut cmd: Command,
+    log: &Path,
+    errors: &Path,
+) -> Result<std::process::Child> {
+    // Close-on-exec: only this restore (fds 11, 12) and its relay (stdin)
+    // get the pipe, not children started beside it (a batch, concurrent
+    // migrations), which would keep the relay from ever seeing EOF.
+    let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Command::new(std::env::current_exe()?)
+        .arg("log-relay")
+        .arg(log)
+        .stdin(Stdio::from(pr))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the log relay")?;
+    let null = std::fs::File::open("/dev/null")?;
+    let (n, p) = (null.as_raw_fd(), pw.as_raw_fd());
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Three distinct fds: CRIU closes each inherited fd once it has
+            // stored it.
+            if libc::dup2(n, 10) < 0 || libc::dup2(p, 11) < 0 || libc::dup2(p, 12) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(errors)?)
+        .spawn()
+        .context("cannot run restore")?;
+    drop(pw);
+    Ok(child)
 }
 
 /// `log-relay FILE`: append stdin to FILE until EOF (the restored

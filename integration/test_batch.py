@@ -1,0 +1,109 @@
+"""Batch checkpoint and restore (issue 7, docs/batch.md): many containers,
+bounded parallelism, one report; failures contained; admission control.
+`checkpoint --all` / `restore --all` are ours: runc has no batch form (the
+baseline loops over runc in hack/bench_batch.py)."""
+import json
+import shutil
+
+import pytest
+
+from helpers import OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status, wait_for
+
+
+@pytest.fixture
+def rt(tmp_path):
+    r = Runtime(OURS, tmp_path / "state")
+    yield r
+    r.cleanup()
+
+
+def counters(rt, tmp_path, n, prefix="c"):
+    bundles = {}
+    for i in range(n):
+        cid = f"{prefix}{i:03d}"
+        bundles[cid] = make_bundle(tmp_path / "bundles" / cid)
+        rt.run_piped("run", "-d", "--bundle", bundles[cid], cid)
+    for cid, b in bundles.items():
+        wait_for(lambda: read_count(b) > 2, timeout=60, what=f"{cid} to count")
+    return bundles
+
+
+def batch(rt, *args, check=True):
+    p = rt.run(*args, "--json", check=check, timeout=900)
+    return json.loads(p.stdout), p
+
+
+def test_fifty_counters_checkpointed_and_restored_as_a_batch(rt, tmp_path):
+    bundles = counters(rt, tmp_path, 50)
+    img = tmp_path / "batch"
+    rep, _ = batch(rt, "checkpoint", "--all", "--parallel", "2", "--image-path", img)
+    assert (rep["total"], rep["ok"], rep["failed"]) == (50, 50, 0), rep
+    assert all(c["frozen_ms"] and c["image_bytes"] for c in rep["containers"]), rep["containers"][:2]
+    assert rt.list_ids() == []
+    at = {cid: read_count(b) for cid, b in bundles.items()}
+    rep, _ = batch(rt, "restore", "--all", "--parallel", "2", "--image-path", img)
+    assert (rep["total"], rep["ok"], rep["failed"], rep["not_started"]) == (50, 50, 0, 0), rep
+    assert len(rt.list_ids()) == 50
+    for cid, b in bundles.items():
+        wait_for(lambda: read_count(b) > at[cid] + 2, timeout=60, what=f"{cid} to count on from {at[cid]}")
+    # A restored container is a container like any other: exec, delete.
+    assert rt.run("exec", "c007", "echo", "ok").stdout.strip() == "ok"
+
+
+def test_failures_do_not_stop_the_batch(rt, tmp_path):
+    """A container that does not exist, a damaged checkpoint, an ID taken
+    by another container: reported, the rest done."""
+    bundles = counters(rt, tmp_path, 6)
+    img = tmp_path / "batch"
+    rep, p = batch(rt, "checkpoint", "--image-path", img, *bundles, "nosuch", check=False)
+    assert p.returncode == 1
+    res = {c["id"]: c for c in rep["containers"]}
+    assert res["nosuch"]["result"] == "failed" and "does not exist" in res["nosuch"]["reason"]
+    assert all(res[c]["result"] == "ok" for c in bundles)
+    at = {cid: read_count(b) for cid, b in bundles.items()}
+    # Damage c001's images; put another container in c004's place.
+    for f in (img / "c001").glob("pages-*.img"):
+        f.write_bytes(b"")
+    other = make_bundle(tmp_path / "other")
+    rt.run_piped("run", "-d", "--bundle", other, "c004")
+    rep, p = batch(rt, "restore", "--all", "--image-path", img, check=False)
+    assert p.returncode == 1
+    res = {c["id"]: c for c in rep["containers"]}
+    assert res["c001"]["result"] == "failed", res["c001"]
+    assert res["c004"]["result"] == "failed" and "in use by another container" in res["c004"]["reason"]
+    for cid in ("c000", "c002", "c003", "c005"):
+        assert res[cid]["result"] == "ok"
+        wait_for(lambda: read_count(bundles[cid]) > at[cid] + 2, timeout=30, what=f"{cid} to count on")
+    assert "c001" not in rt.list_ids(), "a failed restore left a container registered"
+    assert rt.state("c004")["bundle"] == str(other)
+
+
+def test_admission_stops_at_the_container_that_does_not_fit_and_resumes(rt, tmp_path):
+    """Five 32 MiB processes, a 100 MiB budget: two fit (32 MiB of pages +
+    4 MiB each), the third does not: the batch stops there, saying why; the
+    two run, nothing else is registered. A re-run with room resumes."""
+    bundles = {}
+    for i in range(5):
+        cid = f"m{i}"
+        bundles[cid] = make_memwriter_bundle(tmp_path / "bundles" / cid, 32, 64)
+        rt.run_piped("run", "-d", "--bundle", bundles[cid], cid)
+    for cid, b in bundles.items():
+        wait_for(lambda: read_mem_status(b)[0] > 10, timeout=60, what=f"{cid} to start")
+    img = tmp_path / "batch"
+    rep, _ = batch(rt, "checkpoint", "--all", "--image-path", img)
+    assert rep["ok"] == 5, rep
+    rep, p = batch(rt, "restore", "--all", "--image-path", img, "--memory-budget", "100M", check=False)
+    assert p.returncode == 1
+    res = [(c["id"], c["result"]) for c in rep["containers"]]
+    assert res == [("m0", "ok"), ("m1", "ok"), ("m2", "not-started"), ("m3", "not-started"),
+                   ("m4", "not-started")], res
+    assert 'stopped before "m2"' in rep["stopped"] and "--memory-budget" in rep["stopped"], rep["stopped"]
+    assert sorted(rt.list_ids()) == ["m0", "m1"]
+    for cid in ("m0", "m1"):
+        t = read_mem_status(bundles[cid])[0]
+        wait_for(lambda: read_mem_status(bundles[cid])[0] > t + 5, timeout=30, what=f"{cid} to run")
+    rep, _ = batch(rt, "restore", "--all", "--image-path", img, "--memory-budget", "1G")
+    res = {c["id"]: c["result"] for c in rep["containers"]}
+    assert res == {"m0": "skipped", "m1": "skipped", "m2": "ok", "m3": "ok", "m4": "ok"}, res
+    for cid, b in bundles.items():
+        assert read_mem_status(b)[2] == 1, f"{cid}: memory corrupted"

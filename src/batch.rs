@@ -1,0 +1,731 @@
+//! Batch checkpoint and restore (docs/batch.md): many containers, a bounded
+//! number at once, one progress display, one report.
+//!
+//! Each container is handled by a child command of ours (`checkpoint` or
+//! `restore -d`), so one container's failure — even a crash — never touches
+//! another's, and each child takes that container's lock (src/lock.rs).
+//! The batch directory `IMAGE_PATH` holds one image directory per container
+//! and `batch.json` (each container's bundle), which the batch restore
+//! reads. A re-run resumes: a checkpoint already complete for a container
+//! that is gone is skipped; a container already restored is skipped.
+//!
+//! Admission (restore): before a container is started, the memory it needs
+//! is estimated from its images (the bytes of its `pages-*.img`, plus a
+//! fixed allowance for its kernel state) and compared with what the host
+//! can give — MemAvailable less `--memory-reserve`, less what restores in
+//! flight will take — with `--memory-budget` if given, and with the
+//! container's own memory limit. When it does not fit, the batch stops
+//! starting containers (or waits, `--wait-for-memory`) and says why.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Read as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::options::CriuCommon;
+use crate::cli::{CheckpointArgs, RestoreArgs};
+use crate::commands::checkpoint::make_dir;
+use crate::commands::Ctx;
+use libcontainer::container::ContainerStatus;
+
+/// Kernel state, page tables, CRIU's own needs: added to the pages.
+const PER_CONTAINER_ALLOWANCE: u64 = 4 << 20;
+const INDEX: &str = "batch.json";
+
+/// `IMAGE_PATH/batch.json`: what a batch restore needs besides the images.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    /// ID → its bundle at checkpoint time.
+    containers: BTreeMap<String, PathBuf>,
+}
+
+impl Index {
+    fn load(dir: &Path) -> Result<Index> {
+        match std::fs::read(dir.join(INDEX)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} is damaged", dir.join(INDEX).display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.join(INDEX).display())),
+        }
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join(format!(".{INDEX}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, dir.join(INDEX))?;
+        Ok(())
+    }
+}
+
+/// One container's outcome.
+#[derive(Debug, Serialize, Clone)]
+pub struct Item {
+    pub id: String,
+    /// ok, failed, skipped (done by an earlier run), not-started (the batch
+    /// stopped before it: admission).
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub wall_ms: f64,
+    /// CRIU's frozen time (checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_ms: Option<f64>,
+    /// Image bytes (checkpoint: written; restore: read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
+    /// Restore: the admission estimate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_estimate: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchReport {
+    pub operation: &'static str,
+    pub image_path: PathBuf,
+    pub parallel: u32,
+    pub total: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub not_started: usize,
+    pub wall_ms: f64,
+    /// Containers done (ok) per second of wall time.
+    pub containers_per_s: f64,
+    /// Peak resident memory of this batch process (KiB).
+    pub runtime_peak_rss_kib: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    pub containers: Vec<Item>,
+}
+
+/// A child command for one container.
+struct Job {
+    id: String,
+    cmd: Command,
+    /// Restore: the memory estimate (admission).
+    need: u64,
+    /// Restore: where the child's messages go, and the container's log
+    /// (the child's stdio is the container's: through a log relay).
+    errors: Option<PathBuf>,
+    log: Option<PathBuf>,
+}
+
+struct Done {
+    id: String,
+    ok: bool,
+    out: String,
+    err: String,
+    wall_ms: f64,
+    need: u64,
+}
+
+fn read_all(mut f: std::fs::File) -> String {
+    let mut s = String::new();
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+/// The last error line a child printed (its log line's msg if logrus-like).
+fn reason(err: &str) -> String {
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    match line.find("msg=\"") {
+        Some(i) => line[i + 5..]
+            .trim_end_matches('"')
+            .replace("\\\"", "\"")
+            .to_string(),
+        None => line.trim().to_string(),
+    }
+}
+
+fn spawn(mut job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
+    let out = tempfile::tempfile()?;
+    let err = match &job.errors {
+        Some(_) => None,
+        None => Some(tempfile::tempfile()?),
+    };
+    if job.errors.is_none() {
+        job.cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(err.as_ref().unwrap().try_clone()?);
+    }
+    let started = Instant::now();
+    let mut child = match (&job.log, &job.errors) {
+        (Some(log), Some(errors)) => {
+            let cmd = std::mem::replace(&mut job.cmd, Command::new("true"));
+            crate::migrate::dest::spawn_restore(cmd, log, errors)?
+        }
+        _ => job.cmd.spawn().context("cannot start a child command")?,
+    };
+    std::thread::spawn(move || {
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        let err = match (err, &job.errors) {
+            (Some(f), _) => read_all(f),
+            (None, Some(p)) => std::fs::read_to_string(p).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let _ = tx.send(Done {
+            id: job.id,
+            ok,
+            out: read_all(out),
+            err,
+            wall_ms: started.elapsed().as_secs_f64() * 1e3,
+            need: job.need,
+        });
+    });
+    Ok(())
+}
+
+/// Admission: may a container needing `need` bytes start now?
+struct Admission {
+    budget: Option<u64>,
+    reserve: u64,
+    wait: Option<Duration>,
+    /// Restored by this run (their estimates count against the budget).
+    used: u64,
+}
+
+impl Admission {
+    fn available() -> u64 {
+        <procfs::Meminfo as procfs::Current>::current()
+            .ok()
+            .and_then(|m| m.mem_available)
+            .unwrap_or(0)
+    }
+
+    /// None: fits; Some(why) otherwise.
+    fn check(&self, need: u64, in_flight: u64) -> Option<String> {
+        let mib = |b: u64| b >> 20;
+        if let Some(b) = self.budget {
+            if self.used + in_flight + need > b {
+                return Some(format!(
+                    "needs ~{} MiB, and the --memory-budget of {} MiB has {} MiB left",
+                    mib(need),
+                    mib(b),
+                    mib(b.saturating_sub(self.used + in_flight))
+                ));
+            }
+        }
+        let free = Self::available()
+            .saturating_sub(self.reserve)
+            .saturating_sub(in_flight);
+        if need > free {
+            return Some(format!(
+                "needs ~{} MiB; the host has {} MiB available beyond the {} MiB reserve (MemAvailable)",
+                mib(need),
+                mib(free),
+                mib(self.reserve)
+            ));
+        }
+        None
+    }
+}
+
+/// Run the jobs, `parallel` at once, admission before each start.
+fn run_jobs(
+    jobs: Vec<Job>,
+    parallel: u32,
+    mut admission: Option<Admission>,
+    progress: &Option<indicatif::ProgressBar>,
+) -> Result<(Vec<Done>, Vec<String>, Option<String>)> {
+    let (tx, rx) = mpsc::channel();
+    let mut pending = jobs.into_iter().peekable();
+    let mut running = 0u32;
+    let mut in_flight = 0u64;
+    let mut done = Vec::new();
+    let mut stopped = None;
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        while stopped.is_none() && running < parallel {
+            let Some(job) = pending.peek() else { break };
+            if let Some(a) = &admission {
+                if let Some(why) = a.check(job.need, in_flight) {
+                    let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
+                    match a.wait {
+                        Some(w) if waited < w || running > 0 => {
+                            if let Some(p) = progress {
+                                p.set_message(format!("waiting for memory: {} {why}", job.id));
+                            }
+                            break;
+                        }
+                        _ => {
+                            if running > 0 {
+                                // Restores in flight may change the picture.
+                                break;
+                            }
+                            stopped = Some(format!(
+                                "stopped before \"{}\": it {why}; the containers before it are restored and running — free memory (or raise the budget) and run the same command again to resume",
+                                job.id
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            waiting_since = None;
+            let job = pending.next().unwrap();
+            in_flight += job.need;
+            running += 1;
+            if let Some(p) = progress {
+                p.set_message(job.id.clone());
+            }
+            spawn(job, tx.clone())?;
+        }
+        if running == 0 {
+            if stopped.is_some() || pending.peek().is_none() {
+                break;
+            }
+            // Waiting for memory with nothing in flight: poll.
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        let d = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(d) => d,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(e) => bail!("batch: {e}"),
+        };
+        running -= 1;
+        in_flight -= d.need;
+        if let Some(a) = &mut admission {
+            if d.ok {
+                a.used += d.need;
+            }
+        }
+        if let Some(p) = progress {
+            p.inc(1);
+            if !d.ok {
+                p.println(format!("{}: failed: {}", d.id, reason(&d.err)));
+            }
+        }
+        done.push(d);
+    }
+    let not_started = pending.map(|j| j.id).collect();
+    Ok((done, not_started, stopped))
+}
+
+fn progress_bar(n: usize, json: bool) -> Option<indicatif::ProgressBar> {
+    (!json && std::io::stderr().is_terminal()).then(|| {
+        let p = indicatif::ProgressBar::new(n as u64);
+        p.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        p
+    })
+}
+
+/// A key anywhere in a JSON value.
+fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .and_then(|x| x.as_u64())
+            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
+        _ => None,
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    procfs::process::Process::myself()
+        .ok()
+        .and_then(|p| p.status().ok())
+        .and_then(|s| s.vmhwm)
+        .unwrap_or(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    operation: &'static str,
+    dir: &Path,
+    parallel: u32,
+    started: Instant,
+    mut items: Vec<Item>,
+    done: Vec<Done>,
+    not_started: Vec<String>,
+    stopped: Option<String>,
+    json: bool,
+    extra: impl Fn(&Done, &mut Item),
+) -> Result<BatchReport> {
+    for d in &done {
+        let mut it = Item {
+            id: d.id.clone(),
+            result: if d.ok { "ok" } else { "failed" },
+            reason: (!d.ok).then(|| reason(&d.err)),
+            wall_ms: d.wall_ms,
+            frozen_ms: None,
+            image_bytes: None,
+            memory_estimate: None,
+        };
+        extra(d, &mut it);
+        items.push(it);
+    }
+    items.extend(not_started.into_iter().map(|id| Item {
+        id,
+        result: "not-started",
+        reason: stopped.clone(),
+        wall_ms: 0.0,
+        frozen_ms: None,
+        image_bytes: None,
+        memory_estimate: None,
+    }));
+    let wall = started.elapsed().as_secs_f64();
+    let count = |r: &str| items.iter().filter(|i| i.result == r).count();
+    let ok = count("ok");
+    let report = BatchReport {
+        operation,
+        image_path: dir.to_path_buf(),
+        parallel,
+        total: items.len(),
+        ok,
+        failed: count("failed"),
+        skipped: count("skipped"),
+        not_started: count("not-started"),
+        wall_ms: wall * 1e3,
+        containers_per_s: ok as f64 / wall.max(1e-6),
+        runtime_peak_rss_kib: peak_rss_kib(),
+        stopped,
+        containers: items,
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    let _ = std::fs::write(dir.join(format!("{operation}-report.json")), &text);
+    if json {
+        println!("{text}");
+    } else {
+        for i in report.containers.iter().filter(|i| i.result != "ok") {
+            println!(
+                "{}: {}{}",
+                i.id,
+                i.result,
+                i.reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        println!(
+            "{operation}: {} ok, {} failed, {} skipped, {} not started of {} in {:.1} s ({:.1} containers/s, {} at once)",
+            report.ok,
+            report.failed,
+            report.skipped,
+            report.not_started,
+            report.total,
+            wall,
+            report.containers_per_s,
+            parallel
+        );
+        if let Some(s) = &report.stopped {
+            println!("{s}");
+        }
+    }
+    Ok(report)
+}
+
+fn our_command(ctx: &Ctx) -> Result<Command> {
+    let mut c = Command::new(std::env::current_exe()?);
+    c.args(crate::migrate::dest::global_args(ctx));
+    Ok(c)
+}
+
+fn batch_dir(p: Option<&Path>) -> Result<PathBuf> {
+    let d = p
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("checkpoint"));
+    Ok(if d.is_absolute() {
+        d
+    } else {
+        std::env::current_dir()?.join(d)
+    })
+}
+
+/// A checkpoint that completed (not a pre-dump, not half-written).
+fn complete(images: &Path) -> bool {
+    images.join(crate::checkpoint::images::INVENTORY).is_file()
+}
+
+/// `checkpoint --all | ID ID…`: each into IMAGE_PATH/ID.
+pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
+    let started = Instant::now();
+    let dir = batch_dir(args.image_path.as_deref())?;
+    if args.work_path.is_some() || args.parent_path.is_some() || args.pre_dump {
+        bail!("a batch checkpoint takes no --work-path, --parent-path or --pre-dump (each container's work is in IMAGE_PATH/ID)");
+    }
+    make_dir(&dir, "batch directory")?;
+    let ids: Vec<String> = if args.batch.all {
+        ctx.store.ids()?
+    } else {
+        args.container_id
+            .iter()
+            .chain(&args.more_ids)
+            .cloned()
+            .collect()
+    };
+    let mut index = Index::load(&dir)?;
+    let mut items = Vec::new();
+    let mut jobs = Vec::new();
+    for id in ids {
+        let c = match ctx.store.load(&id) {
+            Ok(c) => c,
+            Err(_) if complete(&dir.join(&id)) && index.containers.contains_key(&id) => {
+                items.push(Item {
+                    id,
+                    result: "skipped",
+                    reason: Some("checkpointed by an earlier run".into()),
+                    wall_ms: 0.0,
+                    frozen_ms: None,
+                    image_bytes: None,
+                    memory_estimate: None,
+                });
+                continue;
+            }
+            Err(e) => {
+                items.push(Item {
+                    id,
+                    result: "failed",
+                    reason: Some(format!("{e}")),
+                    wall_ms: 0.0,
+                    frozen_ms: None,
+                    image_bytes: None,
+                    memory_estimate: None,
+                });
+                continue;
+            }
+        };
+        if args.batch.all
+            && !matches!(
+                c.status(),
+                ContainerStatus::Running | ContainerStatus::Paused
+            )
+        {
+            continue;
+        }
+        index
+            .containers
+            .insert(id.clone(), c.bundle().to_path_buf());
+        let mut cmd = our_command(ctx)?;
+        cmd.arg("checkpoint")
+            .arg("--image-path")
+            .arg(dir.join(&id))
+            .arg("--stats=json")
+            .args(CriuCommon::state_args(&args.criu.state));
+        if args.leave_running {
+            cmd.arg("--leave-running");
+        }
+        if args.criu.auto_dedup {
+            cmd.arg("--auto-dedup");
+        }
+        for ns in &args.criu.empty_ns {
+            cmd.arg("--empty-ns").arg(ns);
+        }
+        cmd.arg(&id);
+        jobs.push(Job {
+            id,
+            cmd,
+            need: 0,
+            errors: None,
+            log: None,
+        });
+    }
+    index.save(&dir)?;
+    let progress = progress_bar(jobs.len(), args.batch.json);
+    let (done, not_started, stopped) = run_jobs(jobs, args.batch.parallel, None, &progress)?;
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let r = finish(
+        "checkpoint",
+        &dir,
+        args.batch.parallel,
+        started,
+        items,
+        done,
+        not_started,
+        stopped,
+        args.batch.json,
+        |d, it| {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.out) {
+                it.frozen_ms = find_u64(&v, "frozen_time_us").map(|u| u as f64 / 1e3);
+                it.image_bytes = find_u64(&v, "image_bytes");
+            }
+        },
+    )?;
+    Ok(if r.failed > 0 || r.not_started > 0 {
+        1
+    } else {
+        0
+    })
+}
+
+/// Memory a restore from `images` will need (admission's estimate).
+pub fn memory_estimate(images: &Path) -> u64 {
+    let pages: u64 = std::fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("pages-") && n.ends_with(".img")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    pages + PER_CONTAINER_ALLOWANCE
+}
+
+/// The container's own memory limit (config.json), if any.
+fn memory_limit(bundle: &Path) -> Option<u64> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    v.pointer("/linux/resources/memory/limit")
+        .and_then(|x| x.as_i64())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64)
+}
+
+/// `restore --all | ID ID… --image-path BATCH_DIR`.
+pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
+    let started = Instant::now();
+    let dir = batch_dir(args.image_path.as_deref())?;
+    let index = Index::load(&dir)?;
+    if index.containers.is_empty() {
+        bail!(
+            "{} has no {INDEX}: a batch restore reads the directory a batch checkpoint wrote",
+            dir.display()
+        );
+    }
+    let ids: Vec<String> = if args.batch.all {
+        index.containers.keys().cloned().collect()
+    } else {
+        args.container_id
+            .iter()
+            .chain(&args.more_ids)
+            .cloned()
+            .collect()
+    };
+    let wait = args
+        .admission
+        .wait_for_memory
+        .as_deref()
+        .map(|w| {
+            humantime::parse_duration(w).with_context(|| {
+                format!("invalid --wait-for-memory {w:?}: use a duration such as 30s or 5m")
+            })
+        })
+        .transpose()?;
+    let admission = Admission {
+        budget: args.admission.memory_budget,
+        reserve: args.admission.memory_reserve,
+        wait,
+        used: 0,
+    };
+    ctx.ensure_root()?;
+    let mut items = Vec::new();
+    let mut jobs = Vec::new();
+    let item = |id: &str, result: &'static str, reason: String| Item {
+        id: id.to_string(),
+        result,
+        reason: Some(reason),
+        wall_ms: 0.0,
+        frozen_ms: None,
+        image_bytes: None,
+        memory_estimate: None,
+    };
+    for id in ids {
+        let images = dir.join(&id);
+        let Some(bundle) = index.containers.get(&id) else {
+            items.push(item(
+                &id,
+                "failed",
+                format!("not in {}", dir.join(INDEX).display()),
+            ));
+            continue;
+        };
+        if let Ok(c) = ctx.store.load(&id) {
+            // Restored by an earlier run (same bundle), or a clash.
+            if c.bundle() == bundle.as_path() {
+                items.push(item(&id, "skipped", "restored by an earlier run".into()));
+            } else {
+                items.push(item(&id, "failed", format!(
+                    "the ID is in use by another container (bundle {}): delete it or restore this one by hand with another ID",
+                    c.bundle().display()
+                )));
+            }
+            continue;
+        }
+        if !complete(&images) {
+            items.push(item(
+                &id,
+                "failed",
+                format!("{} holds no complete checkpoint", images.display()),
+            ));
+            continue;
+        }
+        let need = memory_estimate(&images);
+        if let Some(l) = memory_limit(bundle) {
+            if need > l {
+                items.push(item(&id, "failed", format!(
+                    "needs ~{} MiB, more than its own memory limit of {} MiB (linux.resources.memory.limit)",
+                    need >> 20,
+                    l >> 20
+                )));
+                continue;
+            }
+        }
+        let mut cmd = our_command(ctx)?;
+        cmd.arg("restore")
+            .arg("--detach")
+            .arg("--image-path")
+            .arg(&images)
+            .arg("--work-path")
+            .arg(images.join("restore-work"))
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--stdio-fds")
+            .arg("10,11,12")
+            .args(CriuCommon::state_args(&args.criu.state))
+            .arg(&id);
+        jobs.push(Job {
+            id,
+            cmd,
+            need,
+            errors: Some(images.join("restore.err")),
+            log: Some(images.join("container.log")),
+        });
+    }
+    let progress = progress_bar(jobs.len(), args.batch.json);
+    let (done, not_started, stopped) =
+        run_jobs(jobs, args.batch.parallel, Some(admission), &progress)?;
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let r = finish(
+        "restore",
+        &dir,
+        args.batch.parallel,
+        started,
+        items,
+        done,
+        not_started,
+        stopped,
+        args.batch.json,
+        |d, it| {
+            it.memory_estimate = Some(d.need);
+            it.image_bytes = Some(d.need - PER_CONTAINER_ALLOWANCE);
+        },
+    )?;
+    Ok(if r.failed > 0 || r.not_started > 0 {
+        1
+    } else {
+        0
+    })
+}
