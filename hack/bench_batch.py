@@ -59,12 +59,17 @@ def start(rt, bundles):
 
 
 def timed_run(argv):
-    t = time.perf_counter()
-    with open("/dev/null", "w") as null:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=null, stderr=subprocess.PIPE)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, argv))}: {p.stderr.decode()[-500:]}")
-    return (time.perf_counter() - t) * 1e3
+    # Output to a file: a restored container inherits it, and a pipe would
+    # stay open until the container exits.
+    import tempfile
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        dt = (time.perf_counter() - t) * 1e3
+        if p.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(map(str, argv))}: {err.read().decode()[-500:]}")
+    return dt
 
 
 def ours(n, parallel, bundles):
