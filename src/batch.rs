@@ -82,6 +82,20 @@ pub struct Item {
     pub memory_estimate: Option<u64>,
 }
 
+impl Item {
+    fn new(id: &str, result: &'static str, reason: Option<String>) -> Item {
+        Item {
+            id: id.to_string(),
+            result,
+            reason,
+            wall_ms: 0.0,
+            frozen_ms: None,
+            image_bytes: None,
+            memory_estimate: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BatchReport {
     pub operation: &'static str,
@@ -343,41 +357,41 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Run the jobs (progress bar on a terminal), then report on them and on
+/// the `items` settled before (skipped, failed early). Exit status 1 if
+/// any failed or was not started.
 #[allow(clippy::too_many_arguments)]
-fn finish(
+fn run_batch(
     operation: &'static str,
     dir: &Path,
-    parallel: u32,
+    flags: &crate::cli::BatchFlags,
     started: Instant,
     mut items: Vec<Item>,
-    done: Vec<Done>,
-    not_started: Vec<String>,
-    stopped: Option<String>,
-    json: bool,
+    jobs: Vec<Job>,
+    admission: Option<Admission>,
     extra: impl Fn(&Done, &mut Item),
-) -> Result<BatchReport> {
+) -> Result<i32> {
+    let (parallel, json) = (flags.parallel, flags.json);
+    let progress = progress_bar(jobs.len(), json);
+    let (done, not_started, stopped) = run_jobs(jobs, parallel, admission, &progress)?;
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
     for d in &done {
-        let mut it = Item {
-            id: d.id.clone(),
-            result: if d.ok { "ok" } else { "failed" },
-            reason: (!d.ok).then(|| reason(&d.err)),
-            wall_ms: d.wall_ms,
-            frozen_ms: None,
-            image_bytes: None,
-            memory_estimate: None,
-        };
+        let mut it = Item::new(
+            &d.id,
+            if d.ok { "ok" } else { "failed" },
+            (!d.ok).then(|| reason(&d.err)),
+        );
+        it.wall_ms = d.wall_ms;
         extra(d, &mut it);
         items.push(it);
     }
-    items.extend(not_started.into_iter().map(|id| Item {
-        id,
-        result: "not-started",
-        reason: stopped.clone(),
-        wall_ms: 0.0,
-        frozen_ms: None,
-        image_bytes: None,
-        memory_estimate: None,
-    }));
+    items.extend(
+        not_started
+            .iter()
+            .map(|id| Item::new(id, "not-started", stopped.clone())),
+    );
     let wall = started.elapsed().as_secs_f64();
     let count = |r: &str| items.iter().filter(|i| i.result == r).count();
     let ok = count("ok");
@@ -427,7 +441,11 @@ fn finish(
             println!("{s}");
         }
     }
-    Ok(report)
+    Ok(if report.failed > 0 || report.not_started > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 fn our_command(ctx: &Ctx) -> Result<Command> {
@@ -476,27 +494,15 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         let c = match ctx.store.load(&id) {
             Ok(c) => c,
             Err(_) if complete(&dir.join(&id)) && index.containers.contains_key(&id) => {
-                items.push(Item {
-                    id,
-                    result: "skipped",
-                    reason: Some("checkpointed by an earlier run".into()),
-                    wall_ms: 0.0,
-                    frozen_ms: None,
-                    image_bytes: None,
-                    memory_estimate: None,
-                });
+                items.push(Item::new(
+                    &id,
+                    "skipped",
+                    Some("checkpointed by an earlier run".into()),
+                ));
                 continue;
             }
             Err(e) => {
-                items.push(Item {
-                    id,
-                    result: "failed",
-                    reason: Some(format!("{e}")),
-                    wall_ms: 0.0,
-                    frozen_ms: None,
-                    image_bytes: None,
-                    memory_estimate: None,
-                });
+                items.push(Item::new(&id, "failed", Some(format!("{e}"))));
                 continue;
             }
         };
@@ -536,33 +542,21 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         });
     }
     index.save(&dir)?;
-    let progress = progress_bar(jobs.len(), args.batch.json);
-    let (done, not_started, stopped) = run_jobs(jobs, args.batch.parallel, None, &progress)?;
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
-    let r = finish(
+    run_batch(
         "checkpoint",
         &dir,
-        args.batch.parallel,
+        &args.batch,
         started,
         items,
-        done,
-        not_started,
-        stopped,
-        args.batch.json,
+        jobs,
+        None,
         |d, it| {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.out) {
                 it.frozen_ms = find_u64(&v, "frozen_time_us").map(|u| u as f64 / 1e3);
                 it.image_bytes = find_u64(&v, "image_bytes");
             }
         },
-    )?;
-    Ok(if r.failed > 0 || r.not_started > 0 {
-        1
-    } else {
-        0
-    })
+    )
 }
 
 /// Memory a restore from `images` will need (admission's estimate).
@@ -631,15 +625,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     ctx.ensure_root()?;
     let mut items = Vec::new();
     let mut jobs = Vec::new();
-    let item = |id: &str, result: &'static str, reason: String| Item {
-        id: id.to_string(),
-        result,
-        reason: Some(reason),
-        wall_ms: 0.0,
-        frozen_ms: None,
-        image_bytes: None,
-        memory_estimate: None,
-    };
+    let item = |id: &str, result: &'static str, reason: String| Item::new(id, result, Some(reason));
     for id in ids {
         let images = dir.join(&id);
         let Some(bundle) = index.containers.get(&id) else {
@@ -702,30 +688,17 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             log: Some(images.join("container.log")),
         });
     }
-    let progress = progress_bar(jobs.len(), args.batch.json);
-    let (done, not_started, stopped) =
-        run_jobs(jobs, args.batch.parallel, Some(admission), &progress)?;
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
-    let r = finish(
+    run_batch(
         "restore",
         &dir,
-        args.batch.parallel,
+        &args.batch,
         started,
         items,
-        done,
-        not_started,
-        stopped,
-        args.batch.json,
+        jobs,
+        Some(admission),
         |d, it| {
             it.memory_estimate = Some(d.need);
             it.image_bytes = Some(d.need - PER_CONTAINER_ALLOWANCE);
         },
-    )?;
-    Ok(if r.failed > 0 || r.not_started > 0 {
-        1
-    } else {
-        0
-    })
+    )
 }

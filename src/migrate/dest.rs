@@ -738,7 +738,15 @@ pub(crate) fn spawn_restore(
         .process_group(0)
         .spawn()
         .context("cannot start the log relay")?;
-    let null = std::fs::File::open("/dev/null")?;
+    // Sources above 12, so that no dup2 below is onto itself (which would
+    // keep its close-on-exec flag and lose the fd at exec).
+    let high = |fd: i32| -> Result<OwnedFd> {
+        let h = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+        // SAFETY: a new fd of ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(h) })
+    };
+    let null = high(std::fs::File::open("/dev/null")?.as_raw_fd())?;
+    let pw = high(pw.as_raw_fd())?;
     let (n, p) = (null.as_raw_fd(), pw.as_raw_fd());
     // SAFETY: dup2 only, between fork and exec.
     unsafe {
