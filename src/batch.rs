@@ -478,14 +478,10 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         bail!("a batch checkpoint takes no --work-path, --parent-path or --pre-dump (each container's work is in IMAGE_PATH/ID)");
     }
     make_dir(&dir, "batch directory")?;
-    let ids: Vec<String> = if args.batch.all {
+    let ids: Vec<String> = if args.target.batch.all {
         ctx.store.ids()?
     } else {
-        args.container_id
-            .iter()
-            .chain(&args.more_ids)
-            .cloned()
-            .collect()
+        args.target.listed()
     };
     let mut index = Index::load(&dir)?;
     let mut items = Vec::new();
@@ -506,7 +502,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
                 continue;
             }
         };
-        if args.batch.all
+        if args.target.batch.all
             && !matches!(
                 c.status(),
                 ContainerStatus::Running | ContainerStatus::Paused
@@ -545,7 +541,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
     run_batch(
         "checkpoint",
         &dir,
-        &args.batch,
+        &args.target.batch,
         started,
         items,
         jobs,
@@ -597,14 +593,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             dir.display()
         );
     }
-    let ids: Vec<String> = if args.batch.all {
+    let ids: Vec<String> = if args.target.batch.all {
         index.containers.keys().cloned().collect()
     } else {
-        args.container_id
-            .iter()
-            .chain(&args.more_ids)
-            .cloned()
-            .collect()
+        args.target.listed()
     };
     let wait = args
         .admission
@@ -691,7 +683,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     run_batch(
         "restore",
         &dir,
-        &args.batch,
+        &args.target.batch,
         started,
         items,
         jobs,

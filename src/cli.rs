@@ -637,12 +637,39 @@ pub struct CheckpointArgs {
     #[arg(long, requires = "lazy_pages")]
     pub no_lazy_confirm: bool,
     #[command(flatten)]
+    pub target: Targets,
+}
+
+/// The container(s) of `checkpoint` and `restore`: one ID (runc's form),
+/// or a batch: `--all` or several IDs, each in IMAGE_PATH/ID
+/// (docs/batch.md).
+#[derive(Args, Debug, Clone)]
+pub struct Targets {
+    #[command(flatten)]
     pub batch: BatchFlags,
     /// The container ID
     #[arg(required_unless_present = "all")]
     pub container_id: Option<String>,
-    /// More containers: a batch, each into IMAGE_PATH/ID (docs/batch.md)
+    /// More containers: a batch
     pub more_ids: Vec<String>,
+}
+
+impl Targets {
+    /// The one container (runc's form).
+    pub fn id(&self) -> &str {
+        self.container_id.as_deref().unwrap_or_default()
+    }
+    pub fn is_batch(&self) -> bool {
+        self.batch.all || !self.more_ids.is_empty()
+    }
+    /// The IDs named on the command line.
+    pub fn listed(&self) -> Vec<String> {
+        self.container_id
+            .iter()
+            .chain(&self.more_ids)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Batch checkpoint and restore (docs/batch.md).
@@ -682,24 +709,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(s)
         .map_err(|e| format!("{s:?}: {e} (e.g. 512M, 2G)"))
-}
-
-impl CheckpointArgs {
-    pub fn id(&self) -> &str {
-        self.container_id.as_deref().unwrap_or_default()
-    }
-    pub fn is_batch(&self) -> bool {
-        self.batch.all || !self.more_ids.is_empty()
-    }
-}
-
-impl RestoreArgs {
-    pub fn id(&self) -> &str {
-        self.container_id.as_deref().unwrap_or_default()
-    }
-    pub fn is_batch(&self) -> bool {
-        self.batch.all || !self.more_ids.is_empty()
-    }
 }
 
 /// `restore` flags, named as runc's `restore.go`.
@@ -744,14 +753,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "IN,OUT,ERR", hide = true)]
     pub stdio_fds: Option<String>,
     #[command(flatten)]
-    pub batch: BatchFlags,
-    #[command(flatten)]
     pub admission: AdmissionFlags,
-    /// The container ID
-    #[arg(required_unless_present = "all")]
-    pub container_id: Option<String>,
-    /// More containers: a batch restore from IMAGE_PATH/ID each
-    pub more_ids: Vec<String>,
+    #[command(flatten)]
+    pub target: Targets,
 }
 
 #[cfg(test)]

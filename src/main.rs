@@ -83,8 +83,8 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Update(a) => Some((&a.container_id, "update")),
         Command::Delete(a) => Some((&a.container_id, "delete")),
         // A batch locks each container in its own child command.
-        Command::Checkpoint(a) if !a.is_batch() => Some((a.id(), "checkpoint")),
-        Command::Restore(a) if !a.is_batch() => Some((a.id(), "restore")),
+        Command::Checkpoint(a) if !a.target.is_batch() => Some((a.target.id(), "checkpoint")),
+        Command::Restore(a) if !a.target.is_batch() => Some((a.target.id(), "restore")),
         // Docker-managed: the state is dockerd's runtime root, found later.
         Command::Migrate(a) if a.docker_host.is_none() => Some((&a.container_id, "migrate")),
         _ => None,

@@ -258,7 +258,7 @@ fn image_and_work(image: Option<&Path>, work: Option<&Path>) -> Result<(PathBuf,
 
 impl CheckpointOptions {
     pub fn from_args(a: &CheckpointArgs) -> Result<CheckpointOptions> {
-        crate::store::validate_id(a.id())?;
+        crate::store::validate_id(a.target.id())?;
         let (image_path, work_path) =
             image_and_work(a.image_path.as_deref(), a.work_path.as_deref())?;
         if let Some(parent) = &a.parent_path {
@@ -295,7 +295,7 @@ impl CheckpointOptions {
             }
         };
         Ok(CheckpointOptions {
-            id: a.id().to_string(),
+            id: a.target.id().to_string(),
             image_path,
             work_path,
             parent_path: a.parent_path.clone(),
@@ -387,11 +387,11 @@ pub struct RestoreOptions {
 
 impl RestoreOptions {
     pub fn from_args(a: &crate::cli::RestoreArgs) -> Result<RestoreOptions> {
-        crate::store::validate_id(a.id())?;
+        crate::store::validate_id(a.target.id())?;
         let (image_path, work_path) =
             image_and_work(a.image_path.as_deref(), a.work_path.as_deref())?;
         Ok(RestoreOptions {
-            id: a.id().to_string(),
+            id: a.target.id().to_string(),
             image_path,
             work_path,
             detach: a.detach,

@@ -162,7 +162,7 @@ pub(crate) fn make_dir(p: &Path, what: &str) -> Result<()> {
 }
 
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
-    if args.is_batch() {
+    if args.target.is_batch() {
         return crate::batch::checkpoint(args, ctx);
     }
     let opts = CheckpointOptions::from_args(&args)?;

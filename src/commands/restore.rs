@@ -197,7 +197,7 @@ fn inherit_fds(image_path: &Path, ours: [i32; 3]) -> Vec<(String, i32)> {
 }
 
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
-    if args.is_batch() {
+    if args.target.is_batch() {
         return crate::batch::restore(args, ctx);
     }
     let started = std::time::Instant::now();
