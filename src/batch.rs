@@ -176,7 +176,7 @@ fn spawn(mut job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
     let mut child = match (&job.log, &job.errors) {
         (Some(log), Some(errors)) => {
             let cmd = std::mem::replace(&mut job.cmd, Command::new("true"));
-            crate::migrate::dest::spawn_restore(cmd, log, errors)?
+            crate::commands::relay::spawn_restore(cmd, log, errors)?
         }
         _ => job.cmd.spawn().context("cannot start a child command")?,
     };
@@ -448,12 +448,6 @@ fn run_batch(
     })
 }
 
-fn our_command(ctx: &Ctx) -> Result<Command> {
-    let mut c = Command::new(std::env::current_exe()?);
-    c.args(crate::migrate::dest::global_args(ctx));
-    Ok(c)
-}
-
 fn batch_dir(p: Option<&Path>) -> Result<PathBuf> {
     let d = p
         .map(Path::to_path_buf)
@@ -513,7 +507,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         index
             .containers
             .insert(id.clone(), c.bundle().to_path_buf());
-        let mut cmd = our_command(ctx)?;
+        let mut cmd = ctx.command()?;
         cmd.arg("checkpoint")
             .arg("--image-path")
             .arg(dir.join(&id))
@@ -659,7 +653,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 continue;
             }
         }
-        let mut cmd = our_command(ctx)?;
+        let mut cmd = ctx.command()?;
         cmd.arg("restore")
             .arg("--detach")
             .arg("--image-path")

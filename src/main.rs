@@ -122,7 +122,7 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::MigrateListen(a) => migrate::dest::migrate_listen(a, &ctx).map(|_| 0),
         Command::MigrateReceive(a) => migrate::dest::migrate_receive(a, &ctx).map(|_| 0),
         Command::MigrateCerts(a) => migrate::certs::migrate_certs(a).map(|_| 0),
-        Command::LogRelay { file } => migrate::dest::log_relay(&file).map(|_| 0),
+        Command::LogRelay { file } => relay::log_relay(&file).map(|_| 0),
         Command::DockerRemove { docker_host, id } => docker::Docker::connect(&docker_host)?
             .remove(&id)
             .map(|_| 0),

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod list;
 pub mod page_server;
 pub mod ps;
+pub mod relay;
 pub mod restore;
 pub mod spec;
 pub mod state;
@@ -41,6 +42,49 @@ impl Ctx {
             store: Store::new(global.root.clone()),
             global,
         }
+    }
+
+    /// The global flags a child of ours must get to act on the same host.
+    pub fn child_args(&self) -> Vec<std::ffi::OsString> {
+        let g = &self.global;
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "--root".into(),
+            g.root.clone().into(),
+            "--criu".into(),
+            g.criu.clone().into(),
+            "--criu-timeout".into(),
+            g.criu_timeout.clone().into(),
+        ];
+        if let Some(l) = &g.log {
+            v.push("--log".into());
+            v.push(l.clone().into());
+            v.push("--log-format".into());
+            v.push(
+                match g.log_format {
+                    crate::cli::LogFormat::Json => "json",
+                    crate::cli::LogFormat::Text => "text",
+                }
+                .into(),
+            );
+        }
+        if let Some(c) = &g.config {
+            v.push("--config".into());
+            v.push(c.clone().into());
+        }
+        if g.systemd_cgroup {
+            v.push("--systemd-cgroup".into());
+        }
+        if g.debug {
+            v.push("--debug".into());
+        }
+        v
+    }
+
+    /// Our own binary with `child_args`: a runtime command of ours.
+    pub fn command(&self) -> Result<std::process::Command> {
+        let mut c = std::process::Command::new(std::env::current_exe()?);
+        c.args(self.child_args());
+        Ok(c)
     }
 
     /// Create the state root if it is missing: owner-only (0700; runc:

@@ -13,7 +13,6 @@
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -27,42 +26,6 @@ use crate::commands::checkpoint::{criu_timeout, make_dir};
 use crate::commands::Ctx;
 use crate::criu::janitor::Action;
 
-/// The global flags a child of ours must get to act on the same host.
-pub(crate) fn global_args(ctx: &Ctx) -> Vec<std::ffi::OsString> {
-    let g = &ctx.global;
-    let mut v: Vec<std::ffi::OsString> = vec![
-        "--root".into(),
-        g.root.clone().into(),
-        "--criu".into(),
-        g.criu.clone().into(),
-        "--criu-timeout".into(),
-        g.criu_timeout.clone().into(),
-    ];
-    if let Some(l) = &g.log {
-        v.push("--log".into());
-        v.push(l.clone().into());
-        v.push("--log-format".into());
-        v.push(
-            match g.log_format {
-                crate::cli::LogFormat::Json => "json",
-                crate::cli::LogFormat::Text => "text",
-            }
-            .into(),
-        );
-    }
-    if let Some(c) = &g.config {
-        v.push("--config".into());
-        v.push(c.clone().into());
-    }
-    if g.systemd_cgroup {
-        v.push("--systemd-cgroup".into());
-    }
-    if g.debug {
-        v.push("--debug".into());
-    }
-    v
-}
-
 pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
     let tls = Tls::from_dir(&args.tls_dir)?;
     criu_timeout(ctx)?;
@@ -72,14 +35,12 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {}", l.local_addr()?);
     let _ = std::io::stdout().flush();
-    let exe = std::env::current_exe()?;
     loop {
         let (conn, peer) = l.accept().context("accept failed")?;
         tracing::info!(%peer, "migration connection");
         let fd: OwnedFd = conn.into();
-        let mut cmd = Command::new(&exe);
-        cmd.args(global_args(ctx))
-            .arg("migrate-receive")
+        let mut cmd = ctx.command()?;
+        cmd.arg("migrate-receive")
             .arg("--tls-dir")
             .arg(&tls.dir)
             .arg("--work-root")
@@ -513,13 +474,12 @@ impl Receive<'_> {
         let id = client
             .create(name, &body)
             .context("the destination's dockerd could not create the twin")?;
-        guard.arm(Action::Run(vec![
-            std::env::current_exe()?.display().to_string(),
-            "docker-remove".into(),
-            "--docker-host".into(),
-            host.clone(),
-            id.clone(),
-        ]));
+        guard.arm(Action::Run(self.our_argv(&[
+            "docker-remove",
+            "--docker-host",
+            &host,
+            &id,
+        ])?));
         self.guard = Some(guard);
         let t = client
             .inspect(&id)?
@@ -591,7 +551,10 @@ impl Receive<'_> {
     fn our_argv(&self, args: &[&str]) -> Result<Vec<String>> {
         let mut v = vec![std::env::current_exe()?.display().to_string()];
         v.extend(
-            global_args(self.rt_ctx.as_ref().unwrap_or(self.ctx))
+            self.rt_ctx
+                .as_ref()
+                .unwrap_or(self.ctx)
+                .child_args()
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned()),
         );
@@ -633,10 +596,8 @@ impl Receive<'_> {
         strategy: Strategy,
     ) -> Result<Msg> {
         let started = Instant::now();
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(global_args(self.ctx))
-            .arg("restore")
+        let mut cmd = self.ctx.command()?;
+        cmd.arg("restore")
             .arg("--detach")
             .arg("--image-path")
             .arg(images)
@@ -661,7 +622,8 @@ impl Receive<'_> {
         let errors = self.dir.join("restore.err");
         let mut guard = crate::criu::janitor::Janitor::spawn()
             .context("failed to start the janitor process")?;
-        let mut child = spawn_restore(cmd, &self.dir.join("container.log"), &errors)?;
+        let mut child =
+            crate::commands::relay::spawn_restore(cmd, &self.dir.join("container.log"), &errors)?;
         guard.arm(Action::Kill(nix::unistd::Pid::from_raw(child.id() as i32)));
         guard.arm(Action::Run(
             self.our_argv(&["delete", "--force", &self.id])?,
@@ -712,74 +674,6 @@ impl Receive<'_> {
             let _ = std::fs::remove_dir_all(self.dir.join("bundle"));
         }
     }
-}
-
-/// Start a detached `restore` of ours (`cmd`, which passes `--stdio-fds
-/// 10,11,12`): the container's stdin is /dev/null, its stdout and stderr a
-/// pipe to a `log-relay` appending to `log` (pipes, so that it can be
-/// checkpointed and moved again); restore's own messages go to `errors`
-/// (a file, not a pipe: what restore leaves running — janitor, lazy-pages
-/// supervisor — would hold a pipe open).
-pub(crate) fn spawn_restore(
-    mut cmd: Command,
-    log: &Path,
-    errors: &Path,
-) -> Result<std::process::Child> {
-    // Close-on-exec: only this restore (fds 11, 12) and its relay (stdin)
-    // get the pipe, not children started beside it (a batch, concurrent
-    // migrations), which would keep the relay from ever seeing EOF.
-    let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Command::new(std::env::current_exe()?)
-        .arg("log-relay")
-        .arg(log)
-        .stdin(Stdio::from(pr))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("cannot start the log relay")?;
-    // Sources above 12, so that no dup2 below is onto itself (which would
-    // keep its close-on-exec flag and lose the fd at exec).
-    let high = |fd: i32| -> Result<OwnedFd> {
-        let h = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
-        // SAFETY: a new fd of ours.
-        Ok(unsafe { OwnedFd::from_raw_fd(h) })
-    };
-    let null = high(std::fs::File::open("/dev/null")?.as_raw_fd())?;
-    let pw = high(pw.as_raw_fd())?;
-    let (n, p) = (null.as_raw_fd(), pw.as_raw_fd());
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Three distinct fds: CRIU closes each inherited fd once it has
-            // stored it.
-            if libc::dup2(n, 10) < 0 || libc::dup2(p, 11) < 0 || libc::dup2(p, 12) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(errors)?)
-        .spawn()
-        .context("cannot run restore")?;
-    drop(pw);
-    Ok(child)
-}
-
-/// `log-relay FILE`: append stdin to FILE until EOF (the restored
-/// container's stdout and stderr on the destination).
-pub fn log_relay(file: &Path) -> Result<()> {
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .with_context(|| format!("cannot open {}", file.display()))?;
-    let mut stdin = std::io::stdin().lock();
-    std::io::copy(&mut stdin, &mut out)?;
-    Ok(())
 }
 
 #[cfg(test)]
