@@ -21,7 +21,6 @@ import pathlib
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ import time
 TOP = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP / "integration"))
 sys.path.insert(0, str(TOP / "hack"))
-from bench import med, write_section  # noqa: E402
+from bench import med, timed, write_section  # noqa: E402
 from helpers import OURS, Runtime, make_bundle, read_count  # noqa: E402
 
 WORK = pathlib.Path("/dev/shm/cntrlive-bench-batch")
@@ -59,17 +58,7 @@ def start(rt, bundles):
 
 
 def timed_run(argv):
-    # Output to a file: a restored container inherits it, and a pipe would
-    # stay open until the container exits.
-    import tempfile
-    with tempfile.TemporaryFile() as err:
-        t = time.perf_counter()
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        dt = (time.perf_counter() - t) * 1e3
-        if p.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(map(str, argv))}: {err.read().decode()[-500:]}")
-    return dt
+    return timed([str(a) for a in argv])[0] * 1e3
 
 
 def ours(n, parallel, bundles):

@@ -122,10 +122,14 @@ struct Job {
     cmd: Command,
     /// Restore: the memory estimate (admission).
     need: u64,
-    /// Restore: where the child's messages go, and the container's log
-    /// (the child's stdio is the container's: through a log relay).
-    errors: Option<PathBuf>,
-    log: Option<PathBuf>,
+    /// Restore: the child's stdio is the container's, through a log relay.
+    relay: Option<Relay>,
+}
+
+/// A restore's container log and the file for its own messages.
+struct Relay {
+    log: PathBuf,
+    errors: PathBuf,
 }
 
 struct Done {
@@ -160,40 +164,39 @@ fn reason(err: &str) -> String {
     }
 }
 
-fn spawn(mut job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
+fn spawn(job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
+    let Job {
+        id,
+        mut cmd,
+        need,
+        relay,
+    } = job;
+    // Output to files: a restored container inherits what it is given.
     let out = tempfile::tempfile()?;
-    let err = match &job.errors {
-        Some(_) => None,
-        None => Some(tempfile::tempfile()?),
-    };
-    if job.errors.is_none() {
-        job.cmd
+    let err = tempfile::tempfile()?;
+    let started = Instant::now();
+    let mut child = match &relay {
+        Some(r) => crate::commands::relay::spawn_restore(cmd, &r.log, &r.errors)?,
+        None => cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(err.as_ref().unwrap().try_clone()?);
-    }
-    let started = Instant::now();
-    let mut child = match (&job.log, &job.errors) {
-        (Some(log), Some(errors)) => {
-            let cmd = std::mem::replace(&mut job.cmd, Command::new("true"));
-            crate::commands::relay::spawn_restore(cmd, log, errors)?
-        }
-        _ => job.cmd.spawn().context("cannot start a child command")?,
+            .stderr(err.try_clone()?)
+            .spawn()
+            .context("cannot start a child command")?,
     };
     std::thread::spawn(move || {
         let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-        let err = match (err, &job.errors) {
-            (Some(f), _) => read_all(f),
-            (None, Some(p)) => std::fs::read_to_string(p).unwrap_or_default(),
-            _ => String::new(),
+        let err = match &relay {
+            Some(r) => std::fs::read_to_string(&r.errors).unwrap_or_default(),
+            None => read_all(err),
         };
         let _ = tx.send(Done {
-            id: job.id,
+            id,
             ok,
             out: read_all(out),
             err,
             wall_ms: started.elapsed().as_secs_f64() * 1e3,
-            need: job.need,
+            need,
         });
     });
     Ok(())
@@ -335,18 +338,6 @@ fn progress_bar(n: usize, json: bool) -> Option<indicatif::ProgressBar> {
         );
         p
     })
-}
-
-/// A key anywhere in a JSON value.
-fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get(key)
-            .and_then(|x| x.as_u64())
-            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
-        _ => None,
-    }
 }
 
 fn peak_rss_kib() -> u64 {
@@ -527,8 +518,7 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
             id,
             cmd,
             need: 0,
-            errors: None,
-            log: None,
+            relay: None,
         });
     }
     index.save(&dir)?;
@@ -542,8 +532,12 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         None,
         |d, it| {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.out) {
-                it.frozen_ms = find_u64(&v, "frozen_time_us").map(|u| u as f64 / 1e3);
-                it.image_bytes = find_u64(&v, "image_bytes");
+                // `checkpoint --stats=json` (criu::stats::Report).
+                it.frozen_ms = v
+                    .pointer("/criu/dump/frozen_time_us")
+                    .and_then(|x| x.as_u64())
+                    .map(|u| u as f64 / 1e3);
+                it.image_bytes = v.pointer("/image_bytes").and_then(|x| x.as_u64());
             }
         },
     )
@@ -670,8 +664,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             id,
             cmd,
             need,
-            errors: Some(images.join("restore.err")),
-            log: Some(images.join("container.log")),
+            relay: Some(Relay {
+                log: images.join("container.log"),
+                errors: images.join("restore.err"),
+            }),
         });
     }
     run_batch(

@@ -237,6 +237,19 @@ pub fn runtime_root(exec_root: Option<&Path>, id: &str) -> Result<PathBuf> {
         })
 }
 
+/// A Ctx like `ctx` whose state root is the one dockerd gave the
+/// runtime for container `id` (see [`runtime_root`]).
+pub fn runtime_ctx(
+    ctx: &crate::commands::Ctx,
+    exec_root: Option<&Path>,
+    id: &str,
+) -> Result<crate::commands::Ctx> {
+    Ok(crate::commands::Ctx::new(crate::cli::GlobalOpts {
+        root: runtime_root(exec_root, id)?,
+        ..ctx.global.clone()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,6 +124,19 @@ fn local_config(config: &str, rootfs: &Path, netns: Option<&str>) -> Result<Stri
     Ok(serde_json::to_string_pretty(&v)?)
 }
 
+/// The answer once container `id` is restored (its pid as registered).
+fn restored(ctx: &Ctx, id: &str, started: Instant) -> Msg {
+    Msg::Restored {
+        pid: ctx
+            .store
+            .load(id)
+            .ok()
+            .and_then(|c| c.pid())
+            .map_or(0, |p| p.as_raw()),
+        restore_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
 /// One migration, on the accepted socket (stdin).
 pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
     // SAFETY: fd 0 is the accepted socket the listener gave us; it is
@@ -527,24 +540,12 @@ impl Receive<'_> {
             r = t.client.start_from_checkpoint(&t.id, DOCKER_CHECKPOINT);
         }
         r.context("the destination's dockerd could not start the twin from the checkpoint")?;
-        let root = crate::docker::runtime_root(self.docker.docker_exec_root.as_deref(), &t.id)?;
-        let rt = Ctx::new(crate::cli::GlobalOpts {
-            root,
-            ..self.ctx.global.clone()
-        });
-        let pid = rt
-            .store
-            .load(&t.id)
-            .ok()
-            .and_then(|c| c.pid())
-            .map(|p| p.as_raw())
-            .unwrap_or(0);
+        let rt =
+            crate::docker::runtime_ctx(self.ctx, self.docker.docker_exec_root.as_deref(), &t.id)?;
+        tracing::info!(id = self.id, twin = t.id, "restored by dockerd");
+        let msg = restored(&rt, &t.id, started);
         self.rt_ctx = Some(rt);
-        tracing::info!(id = self.id, twin = t.id, pid, "restored by dockerd");
-        Ok(Msg::Restored {
-            pid,
-            restore_ms: started.elapsed().as_secs_f64() * 1e3,
-        })
+        Ok(msg)
     }
 
     /// argv of a runtime command of ours against this host's state.
@@ -637,19 +638,8 @@ impl Receive<'_> {
             );
         }
         self.registered = true;
-        let pid = self
-            .ctx
-            .store
-            .load(&self.id)
-            .ok()
-            .and_then(|c| c.pid())
-            .map(|p| p.as_raw())
-            .unwrap_or(0);
-        tracing::info!(id = self.id, pid, strategy = strategy.name(), "restored");
-        Ok(Msg::Restored {
-            pid,
-            restore_ms: started.elapsed().as_secs_f64() * 1e3,
-        })
+        tracing::info!(id = self.id, strategy = strategy.name(), "restored");
+        Ok(restored(self.ctx, &self.id, started))
     }
 
     /// Remove what this migration left: the restored container, its files.

@@ -343,11 +343,7 @@ impl DockerSource {
                 c.image
             )
         })?;
-        let root = crate::docker::runtime_root(args.docker_exec_root.as_deref(), &c.id)?;
-        let dctx = Ctx::new(crate::cli::GlobalOpts {
-            root,
-            ..ctx.global.clone()
-        });
+        let dctx = crate::docker::runtime_ctx(ctx, args.docker_exec_root.as_deref(), &c.id)?;
         if let Err(e) = dctx.store.load(&c.id) {
             bail!(
                 "docker container \"{name}\" (runtime {:?}) is not a cntrlive-runtime container ({e:#}): \
@@ -405,6 +401,11 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         ),
     };
     let ctx = dctx.as_ref().unwrap_or(ctx);
+    // Refused before anything is sent or frozen.
+    let fixed = docker
+        .as_ref()
+        .map(|_| docker_strategy(args.strategy))
+        .transpose()?;
     let id = docker
         .as_ref()
         .map(|d| d.id.clone())
@@ -453,6 +454,7 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let ids = Ids {
         id: &id,
         dest_id: &dest_id,
+        strategy: fixed,
         docker: docker.as_ref().map(|d| d.twin.clone()),
     };
     let result = run(
@@ -494,6 +496,8 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
 struct Ids<'a> {
     id: &'a str,
     dest_id: &'a str,
+    /// Decided before connecting (docker-managed: stop-and-copy).
+    strategy: Option<(Strategy, String)>,
     docker: Option<super::wire::DockerTwin>,
 }
 
@@ -551,7 +555,6 @@ fn run(
 ) -> Result<MigrationReport> {
     let id = &ids.id.to_string();
     let dest_id = ids.dest_id;
-    let is_docker = ids.docker.is_some();
     progress.say(format!("connecting to {}", args.destination));
     let mut w = Wire::connect(&args.destination, tls, timeout)?;
     let mine = super::abilities(ctx, &work.join("probe"))?;
@@ -569,10 +572,9 @@ fn run(
     let Msg::Welcome { abilities: theirs } = w.expect("welcome")? else {
         unreachable!()
     };
-    let (strategy, why) = if is_docker {
-        docker_strategy(args.strategy)?
-    } else {
-        choose(args.strategy, &mine, &theirs, ws)?
+    let (strategy, why) = match ids.strategy {
+        Some(fixed) => fixed,
+        None => choose(args.strategy, &mine, &theirs, ws)?,
     };
     progress.line(format!("strategy: {} ({why})", strategy.name()));
     w.send(&Msg::Plan {
