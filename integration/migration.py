@@ -62,14 +62,14 @@ def start_counter(host, path, cid):
     return b
 
 
-def assert_runs_unfrozen_on(host, cid, b):
+def assert_runs_unfrozen_on(host, cid, b, count=read_count):
     """The failure left the container running on the source, thawed, and
-    still counting."""
+    still counting (`count`: its bundle's counter)."""
     st = host.rt.state(cid)
     assert st["status"] == "running", st
     assert not is_frozen(freezer_file(st["pid"])), "left frozen on the source"
-    n = read_count(b)
-    wait_for(lambda: read_count(b) > n + 2, what="the source's counter to go on")
+    n = count(b)
+    wait_for(lambda: count(b) > n + 2, what="the source's counter to go on")
 
 
 def pids_of(pattern, parent=None):

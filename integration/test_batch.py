@@ -3,11 +3,14 @@ bounded parallelism, one report; failures contained; admission control.
 `checkpoint --all` / `restore --all` are ours: runc has no batch form (the
 baseline loops over runc in hack/bench_batch.py)."""
 import json
+import os
 import shutil
+import signal
 
 import pytest
 
 from helpers import OURS, Runtime, make_bundle, make_memwriter_bundle, read_count, read_mem_status, wait_for
+from migration import Host, assert_runs_unfrozen_on, make_certs
 
 
 @pytest.fixture
@@ -107,3 +110,80 @@ def test_admission_stops_at_the_container_that_does_not_fit_and_resumes(rt, tmp_
     assert res == {"m0": "skipped", "m1": "skipped", "m2": "ok", "m3": "ok", "m4": "ok"}, res
     for cid, b in bundles.items():
         assert read_mem_status(b)[2] == 1, f"{cid}: memory corrupted"
+
+
+# Batch migrate: many containers to one destination (two "hosts" of ours
+# on this machine, as in test_migrate.py).
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_batch_migrate_moves_every_container_to_one_destination(tmp_path, certs):
+    a = Host(tmp_path, "src", certs["src"])
+    b = Host(tmp_path, "dst", certs["dst"])
+    try:
+        bundles = counters(a.rt, tmp_path, 10, prefix="w")
+        # One machine, two state roots: the IDs would share cgroups (renamed).
+        rep, p = batch(a.rt, "migrate", "--all", "--parallel", "2", "--tls-dir", certs["src"],
+                       "--dest-id-prefix", "b-", b.addr)
+        assert (rep["total"], rep["ok"], rep["failed"]) == (10, 10, 0), rep
+        assert all(c["frozen_ms"] and c["image_bytes"] for c in rep["containers"]), rep["containers"][:2]
+        assert a.rt.list_ids() == [], "migrated containers left on the source"
+        assert sorted(b.rt.list_ids()) == sorted("b-" + c for c in bundles)
+        for cid, old in bundles.items():
+            at = read_count(old)  # the source's rootfs stops where it was frozen
+            moved = b.bundle_of("b-" + cid)
+            wait_for(lambda: read_count(moved) > at + 2, timeout=60, what=f"{cid} to count on from {at} on b")
+        assert b.rt.run("exec", "b-w004", "echo", "ok").stdout.strip() == "ok"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_batch_migrate_stops_when_the_destination_has_no_room_and_resumes(tmp_path, certs):
+    """Five 32 MiB processes to a destination whose budget is 100 MiB: two
+    arrive, the third is refused before anything is sent (the source's copy
+    runs on, unfrozen), nothing more is started; a re-run to a destination
+    with room skips the two and moves the rest."""
+    a = Host(tmp_path, "src", certs["src"])
+    b = Host(tmp_path, "dst", certs["dst"], listen_args=("--memory-budget", "100M"))
+    try:
+        bundles = {}
+        for i in range(5):
+            cid = f"m{i}"
+            bundles[cid] = make_memwriter_bundle(tmp_path / "bundles" / cid, 32, 64)
+            a.rt.run_piped("run", "-d", "--bundle", bundles[cid], cid)
+        for cid, bb in bundles.items():
+            wait_for(lambda: read_mem_status(bb)[0] > 10, timeout=60, what=f"{cid} to start")
+        rep, p = batch(a.rt, "migrate", "--all", "--tls-dir", certs["src"], "--dest-id-prefix", "b-", b.addr,
+                       check=False)
+        assert p.returncode == 1, p.stderr
+        res = [(c["id"], c["result"]) for c in rep["containers"]]
+        assert res == [("m0", "ok"), ("m1", "ok"), ("m2", "failed"), ("m3", "not-started"),
+                       ("m4", "not-started")], rep
+        m2 = rep["containers"][2]["reason"]
+        assert "no room" in m2 and "--memory-budget" in m2, m2
+        assert 'stopped at "m2"' in rep["stopped"], rep["stopped"]
+        assert sorted(b.rt.list_ids()) == ["b-m0", "b-m1"]
+        assert sorted(a.rt.list_ids()) == ["m2", "m3", "m4"]
+        assert_runs_unfrozen_on(a, "m2", bundles["m2"], count=lambda bb: read_mem_status(bb)[0])
+        # The destination again, now with room: the same command resumes.
+        os.killpg(b.listener.pid, signal.SIGKILL)
+        b.listener.wait()
+        b.listener.stdout.close()
+        b.err.close()
+        b = b2 = Host(tmp_path, "dst", certs["dst"])
+        rep, _ = batch(a.rt, "migrate", "--tls-dir", certs["src"], "--dest-id-prefix", "b-", *bundles, b2.addr)
+        res = {c["id"]: c["result"] for c in rep["containers"]}
+        assert res == {"m0": "skipped", "m1": "skipped", "m2": "ok", "m3": "ok", "m4": "ok"}, rep
+        assert sorted(b2.rt.list_ids()) == sorted("b-" + c for c in bundles) and a.rt.list_ids() == []
+        for cid in bundles:
+            moved = b2.bundle_of("b-" + cid)
+            t = read_mem_status(moved)[0]
+            wait_for(lambda: read_mem_status(moved)[0] > t + 5, timeout=30, what=f"{cid} to run on b")
+            assert read_mem_status(moved)[2] == 1, f"{cid}: memory corrupted"
+    finally:
+        a.close()
+        b.close()

@@ -1,4 +1,4 @@
-//! Batch checkpoint and restore (docs/batch.md): many containers, a bounded
+//! Batch checkpoint, restore and migrate (docs/batch.md): many containers, a bounded
 //! number at once, one progress display, one report.
 //!
 //! Each container is handled by a child command of ours (`checkpoint` or
@@ -28,13 +28,13 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::options::CriuCommon;
-use crate::cli::{CheckpointArgs, RestoreArgs};
+use crate::cli::{CheckpointArgs, MigrateArgs, RestoreArgs};
 use crate::commands::checkpoint::make_dir;
 use crate::commands::Ctx;
 use libcontainer::container::ContainerStatus;
 
 /// Kernel state, page tables, CRIU's own needs: added to the pages.
-const PER_CONTAINER_ALLOWANCE: u64 = 4 << 20;
+pub const PER_CONTAINER_ALLOWANCE: u64 = 4 << 20;
 const INDEX: &str = "batch.json";
 
 /// `IMAGE_PATH/batch.json`: what a batch restore needs besides the images.
@@ -74,7 +74,8 @@ pub struct Item {
     /// CRIU's frozen time (checkpoint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen_ms: Option<f64>,
-    /// Image bytes (checkpoint: written; restore: read).
+    /// Image bytes (checkpoint: written; restore: read; migrate: sent —
+    /// pages, images and rootfs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_bytes: Option<u64>,
     /// Restore: the admission estimate.
@@ -135,6 +136,8 @@ struct Relay {
 struct Done {
     id: String,
     ok: bool,
+    /// The child's exit status (None: killed by a signal).
+    code: Option<i32>,
     out: String,
     err: String,
     wall_ms: f64,
@@ -185,7 +188,9 @@ fn spawn(job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
             .context("cannot start a child command")?,
     };
     std::thread::spawn(move || {
-        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        let status = child.wait().ok();
+        let ok = status.is_some_and(|s| s.success());
+        let code = status.and_then(|s| s.code());
         let err = match &relay {
             Some(r) => std::fs::read_to_string(&r.errors).unwrap_or_default(),
             None => read_all(err),
@@ -193,6 +198,7 @@ fn spawn(job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
         let _ = tx.send(Done {
             id,
             ok,
+            code,
             out: read_all(out),
             err,
             wall_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -203,12 +209,12 @@ fn spawn(job: Job, tx: mpsc::Sender<Done>) -> Result<()> {
 }
 
 /// Admission: may a container needing `need` bytes start now?
-struct Admission {
-    budget: Option<u64>,
-    reserve: u64,
-    wait: Option<Duration>,
+pub struct Admission {
+    pub budget: Option<u64>,
+    pub reserve: u64,
+    pub wait: Option<Duration>,
     /// Restored by this run (their estimates count against the budget).
-    used: u64,
+    pub used: u64,
 }
 
 impl Admission {
@@ -220,7 +226,7 @@ impl Admission {
     }
 
     /// None: fits; Some(why) otherwise.
-    fn check(&self, need: u64, in_flight: u64) -> Option<String> {
+    pub fn check(&self, need: u64, in_flight: u64) -> Option<String> {
         let mib = |b: u64| b >> 20;
         if let Some(b) = self.budget {
             if self.used + in_flight + need > b {
@@ -316,6 +322,14 @@ fn run_jobs(
             if d.ok {
                 a.used += d.need;
             }
+        }
+        if d.code == Some(crate::migrate::wire::NoRoom::EXIT.into()) && stopped.is_none() {
+            // The destination's admission control: nothing more is sent.
+            stopped = Some(format!(
+                "stopped at \"{}\": {}; the containers before it are migrated — free memory on the destination (or raise its --memory-budget) and run the same command again to resume",
+                d.id,
+                reason(&d.err)
+            ));
         }
         if let Some(p) = progress {
             p.inc(1);
@@ -681,6 +695,110 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         |d, it| {
             it.memory_estimate = Some(d.need);
             it.image_bytes = Some(d.need - PER_CONTAINER_ALLOWANCE);
+        },
+    )
+}
+
+/// `migrate --all | ID ID… DEST`: each container by a child `migrate
+/// --json ID DEST`, `--parallel` at once. The destination's admission
+/// control may refuse one for lack of memory (exit 3): nothing more is
+/// started. The report is kept in `<root>/.migrate/migrate-report.json`;
+/// a re-run skips the containers it names as migrated that are gone here.
+pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<i32> {
+    let started = Instant::now();
+    if args.dest_id.is_some() || args.dest_bundle.is_some() || args.dest_netns.is_some() {
+        bail!("a batch migration takes no --dest-id, --dest-bundle or --dest-netns (they name one container's place): migrate that container on its own, or rename them all with --dest-id-prefix");
+    }
+    let dir = ctx.store.root().join(".migrate");
+    make_dir(&dir, "migration work directory")?;
+    let before: Vec<String> = std::fs::read(dir.join("migrate-report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("containers").cloned())
+        .and_then(|c| c.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["result"] == "ok" || c["result"] == "skipped")
+        .filter_map(|c| c["id"].as_str().map(String::from))
+        .collect();
+    let ids: Vec<String> = if args.all {
+        ctx.store
+            .ids()?
+            .into_iter()
+            .filter(|id| {
+                ctx.store.load(id).is_ok_and(|c| {
+                    matches!(
+                        c.status(),
+                        ContainerStatus::Running | ContainerStatus::Paused
+                    )
+                })
+            })
+            .collect()
+    } else {
+        args.ids().to_vec()
+    };
+    let docker = args.docker_host.is_some();
+    let mut items = Vec::new();
+    let mut jobs = Vec::new();
+    for id in ids {
+        if !docker && ctx.store.load(&id).is_err() && before.contains(&id) {
+            items.push(Item::new(
+                &id,
+                "skipped",
+                Some("migrated by an earlier run".into()),
+            ));
+            continue;
+        }
+        let mut cmd = ctx.command()?;
+        cmd.arg("migrate")
+            .arg("--json")
+            .arg("--tls-dir")
+            .arg(&args.tls_dir)
+            .arg("--strategy")
+            .arg(args.strategy.name())
+            .args(CriuCommon::state_args(&args.criu));
+        if let Some(n) = args.max_rounds {
+            cmd.arg("--max-rounds").arg(n.to_string());
+        }
+        if let Some(p) = &args.dest_id_prefix {
+            cmd.arg("--dest-id-prefix").arg(p);
+        }
+        if let Some(h) = &args.docker_host {
+            cmd.arg("--docker-host").arg(h);
+        }
+        if let Some(d) = &args.docker_exec_root {
+            cmd.arg("--docker-exec-root").arg(d);
+        }
+        cmd.arg(&id).arg(args.destination());
+        jobs.push(Job {
+            id,
+            cmd,
+            need: 0,
+            relay: None,
+        });
+    }
+    let flags = crate::cli::BatchFlags {
+        all: args.all,
+        parallel: args.parallel,
+        json: args.json,
+    };
+    run_batch(
+        "migrate",
+        &dir,
+        &flags,
+        started,
+        items,
+        jobs,
+        None,
+        |d, it| {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.out) {
+                // `migrate --json` (migrate::source::MigrationReport).
+                it.frozen_ms = v.pointer("/downtime_ms").and_then(|x| x.as_f64());
+                it.image_bytes = ["/images_bytes", "/page_bytes", "/rootfs_bytes"]
+                    .iter()
+                    .map(|p| v.pointer(p).and_then(|x| x.as_u64()))
+                    .sum();
+            }
         },
     )
 }

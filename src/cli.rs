@@ -156,8 +156,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "DIR")]
     pub tls_dir: PathBuf,
     /// The container's ID on the destination (default: the same)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "dest_id_prefix")]
     pub dest_id: Option<String>,
+    /// The container's ID on the destination is PREFIX + its ID (a batch
+    /// to a host whose IDs would clash, e.g. two state roots on one machine)
+    #[arg(long, value_name = "PREFIX")]
+    pub dest_id_prefix: Option<String>,
     /// A bundle on the destination whose rootfs to use (default: the
     /// rootfs is sent)
     #[arg(long, value_name = "DIR", conflicts_with = "docker_host")]
@@ -173,6 +177,13 @@ pub struct MigrateArgs {
     /// Print the report as JSON (no progress display)
     #[arg(long)]
     pub json: bool,
+    /// Batch: every running (or paused) container of the state root
+    /// (then only DESTINATION follows)
+    #[arg(long, conflicts_with = "docker_host")]
+    pub all: bool,
+    /// Batch: containers migrated at once
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
     /// Docker-managed: the container is a container (name or ID) of this
     /// dockerd; its twin is created through the destination's dockerd
     /// (migrate-listen --docker-host) and the one here removed
@@ -181,10 +192,29 @@ pub struct MigrateArgs {
     /// This dockerd's --exec-root (default: found under /run)
     #[arg(long, value_name = "DIR", requires = "docker_host")]
     pub docker_exec_root: Option<PathBuf>,
-    /// The container ID (with --docker-host: docker's name or ID)
-    pub container_id: String,
-    /// HOST:PORT of the destination's migrate-listen
-    pub destination: String,
+    /// The container ID (with --docker-host: docker's name or ID), more
+    /// IDs for a batch (or none with --all), then HOST:PORT of the
+    /// destination's migrate-listen
+    #[arg(value_name = "CONTAINER_ID… DESTINATION", required = true)]
+    pub targets: Vec<String>,
+}
+
+impl MigrateArgs {
+    /// HOST:PORT of the destination.
+    pub fn destination(&self) -> &str {
+        self.targets.last().map(String::as_str).unwrap_or_default()
+    }
+    /// The containers named (all but the last word).
+    pub fn ids(&self) -> &[String] {
+        &self.targets[..self.targets.len().saturating_sub(1)]
+    }
+    /// The one container (not a batch).
+    pub fn container_id(&self) -> &str {
+        self.ids().first().map(String::as_str).unwrap_or_default()
+    }
+    pub fn is_batch(&self) -> bool {
+        self.all || self.ids().len() > 1
+    }
 }
 
 /// `migrate-listen`.
@@ -204,6 +234,23 @@ pub struct MigrateListenArgs {
     pub once: bool,
     #[command(flatten)]
     pub docker: DockerDest,
+    #[command(flatten)]
+    pub admission: ReceiveAdmission,
+}
+
+/// The destination's admission control (docs/batch.md): a container that
+/// does not fit is refused before anything is sent (`migrate` exits 3).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReceiveAdmission {
+    /// At most this much memory (each container's resident memory as its
+    /// source measures it, plus 4 MiB) for the containers received here
+    /// that are in flight or still registered, e.g. 2G
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Memory left to the host: a container that needs more than
+    /// MemAvailable minus this (minus migrations in flight) is refused
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub memory_reserve: u64,
 }
 
 /// The destination's dockerd, for docker-managed migrations.
@@ -230,6 +277,8 @@ pub struct MigrateReceiveArgs {
     pub work_root: PathBuf,
     #[command(flatten)]
     pub docker: DockerDest,
+    #[command(flatten)]
+    pub admission: ReceiveAdmission,
 }
 
 /// `migrate-certs`.

@@ -58,11 +58,17 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         _ => (1, None),
     };
     run_command(cli).map_err(|err| Failure {
+        // A destination without room for a migrated container: 3, so a
+        // batch (or a script) can tell it from a failure.
+        code: if err.downcast_ref::<migrate::wire::NoRoom>().is_some() {
+            migrate::wire::NoRoom::EXIT
+        } else {
+            code
+        },
         err: match prefix {
             Some(p) => err.context(p),
             None => err,
         },
-        code,
     })
 }
 
@@ -86,7 +92,9 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Checkpoint(a) if !a.target.is_batch() => Some((a.target.id(), "checkpoint")),
         Command::Restore(a) if !a.target.is_batch() => Some((a.target.id(), "restore")),
         // Docker-managed: the state is dockerd's runtime root, found later.
-        Command::Migrate(a) if a.docker_host.is_none() => Some((&a.container_id, "migrate")),
+        Command::Migrate(a) if a.docker_host.is_none() && !a.is_batch() => {
+            Some((a.container_id(), "migrate"))
+        }
         _ => None,
     };
     if let Some((id, what)) = locked {
@@ -118,7 +126,7 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::PageServer(a) => page_server::page_server(a, &ctx).map(|_| 0),
         Command::Checkpoint(a) => checkpoint::checkpoint(a, &ctx),
         Command::Restore(a) => restore::restore(a, &ctx),
-        Command::Migrate(a) => migrate::source::migrate(a, &ctx).map(|_| 0),
+        Command::Migrate(a) => migrate::source::migrate(a, &ctx),
         Command::MigrateListen(a) => migrate::dest::migrate_listen(a, &ctx).map(|_| 0),
         Command::MigrateReceive(a) => migrate::dest::migrate_receive(a, &ctx).map(|_| 0),
         Command::MigrateCerts(a) => migrate::certs::migrate_certs(a).map(|_| 0),

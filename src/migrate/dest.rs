@@ -67,6 +67,11 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
                 cmd.arg(flag).arg(v);
             }
         }
+        cmd.arg("--memory-reserve")
+            .arg(args.admission.memory_reserve.to_string());
+        if let Some(b) = args.admission.memory_budget {
+            cmd.arg("--memory-budget").arg(b.to_string());
+        }
         let mut child = cmd.spawn().context("cannot start migrate-receive")?;
         if args.once {
             let st = child.wait()?;
@@ -80,6 +85,59 @@ pub fn migrate_listen(args: MigrateListenArgs, ctx: &Ctx) -> Result<()> {
             tracing::info!(%peer, ?st, "migration ended");
         });
     }
+}
+
+/// Admission control (docs/batch.md), the destination's side of a batch:
+/// may a container needing `memory` (+ the per-container allowance) come?
+/// None: yes, and a claim `WORK_ROOT/.admitted/ID` ("PID BYTES") is left;
+/// it counts as in flight while this receive runs, and against
+/// `--memory-budget` while the container stays registered here. Checked
+/// and claimed under one lock, so concurrent receives see each other.
+fn admit(
+    ctx: &Ctx,
+    work_root: &Path,
+    id: &str,
+    memory: u64,
+    adm: &crate::cli::ReceiveAdmission,
+) -> Result<Option<String>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = work_root.join(".admitted");
+    make_dir(&dir, "admission directory")?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    let _held = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", dir.display()))?;
+    let (mut in_flight, mut used) = (0u64, 0u64);
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(bytes))) = (f.next(), f.next()) else {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            in_flight += bytes;
+        } else if ctx.store.load(&name).is_ok() {
+            used += bytes;
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let need = memory + crate::batch::PER_CONTAINER_ALLOWANCE;
+    let check = crate::batch::Admission {
+        budget: adm.memory_budget,
+        reserve: adm.memory_reserve,
+        wait: None,
+        used,
+    };
+    if let Some(why) = check.check(need, in_flight) {
+        return Ok(Some(why));
+    }
+    std::fs::write(dir.join(id), format!("{} {need}\n", std::process::id()))?;
+    Ok(None)
 }
 
 /// The container's cgroup on this host, if it exists with processes in it
@@ -161,6 +219,7 @@ pub fn migrate_receive(args: MigrateReceiveArgs, ctx: &Ctx) -> Result<()> {
     let mut r = Receive {
         ctx,
         docker: args.docker.clone(),
+        admission: args.admission.clone(),
         twin: None,
         rt_ctx: None,
         guard: None,
@@ -188,6 +247,7 @@ struct Twin {
 struct Receive<'a> {
     ctx: &'a Ctx,
     docker: crate::cli::DockerDest,
+    admission: crate::cli::ReceiveAdmission,
     /// Docker-managed: the twin (removed again if the migration fails).
     twin: Option<Twin>,
     /// Docker-managed: our runtime's state as dockerd keeps it.
@@ -215,6 +275,7 @@ impl Receive<'_> {
             criu,
             abilities: _,
             docker,
+            memory,
         } = w.recv()?
         else {
             bail!("protocol error: the source did not start with hello");
@@ -232,6 +293,16 @@ impl Receive<'_> {
             );
         }
         self.id = id.clone();
+        match admit(self.ctx, work_root, &id, memory, &self.admission) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                w.send(&Msg::NoRoom {
+                    reason: why.clone(),
+                })?;
+                bail!("no room for \"{id}\": {why}");
+            }
+            Err(e) => return refuse(w, format!("admission control failed: {e:#}")),
+        }
         let mut docker_dirs = None;
         if let Some(d) = &docker {
             match self.prepare_twin(&id, d) {

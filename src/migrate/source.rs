@@ -320,7 +320,7 @@ impl DockerSource {
     /// state root, where our runtime keeps it.
     fn resolve(args: &MigrateArgs, host: &str, ctx: &Ctx) -> Result<(DockerSource, String, Ctx)> {
         let client = crate::docker::Docker::connect(host)?;
-        let name = &args.container_id;
+        let name = args.container_id();
         let c = client
             .inspect(name)?
             .with_context(|| format!("no container \"{name}\" at dockerd {host}"))?;
@@ -351,7 +351,13 @@ impl DockerSource {
                 c.runtime
             );
         }
-        let dest_name = args.dest_id.clone().unwrap_or_else(|| c.name.clone());
+        let dest_name = args.dest_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                args.dest_id_prefix.as_deref().unwrap_or_default(),
+                c.name
+            )
+        });
         Ok((
             DockerSource {
                 client,
@@ -383,7 +389,21 @@ fn docker_strategy(asked: Strategy) -> Result<(Strategy, String)> {
     }
 }
 
-pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
+pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<i32> {
+    if args.all && !args.ids().is_empty() {
+        bail!("migrate --all takes no container IDs, only the DESTINATION (HOST:PORT)");
+    }
+    if args.is_batch() {
+        return crate::batch::migrate(args, ctx);
+    }
+    if args.ids().is_empty() {
+        bail!("migrate needs a CONTAINER_ID and the DESTINATION (HOST:PORT of its migrate-listen)");
+    }
+    one(args, ctx).map(|_| 0)
+}
+
+/// One container (`migrate ID DEST`).
+fn one(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let started = Instant::now();
     let tls = Tls::from_dir(&args.tls_dir)?;
     let timeout = criu_timeout(ctx)?;
@@ -394,9 +414,13 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
         }
         None => (
             None,
-            args.dest_id
-                .clone()
-                .unwrap_or_else(|| args.container_id.clone()),
+            args.dest_id.clone().unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    args.dest_id_prefix.as_deref().unwrap_or_default(),
+                    args.container_id()
+                )
+            }),
             None,
         ),
     };
@@ -409,7 +433,7 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
     let id = docker
         .as_ref()
         .map(|d| d.id.clone())
-        .unwrap_or_else(|| args.container_id.clone());
+        .unwrap_or_else(|| args.container_id().to_string());
     crate::store::validate_id(&dest_id)?;
     let c = ctx.store.load(&id)?;
     match c.status() {
@@ -484,8 +508,8 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<()> {
             let _ = std::fs::remove_dir_all(work.join("images"));
             Err(e.context(format!(
                 "migration of \"{}\" to {} failed (CRIU's logs: {})",
-                args.container_id,
-                args.destination,
+                args.container_id(),
+                args.destination(),
                 work.display()
             )))
         }
@@ -555,8 +579,8 @@ fn run(
 ) -> Result<MigrationReport> {
     let id = &ids.id.to_string();
     let dest_id = ids.dest_id;
-    progress.say(format!("connecting to {}", args.destination));
-    let mut w = Wire::connect(&args.destination, tls, timeout)?;
+    progress.say(format!("connecting to {}", args.destination()));
+    let mut w = Wire::connect(args.destination(), tls, timeout)?;
     let mine = super::abilities(ctx, &work.join("probe"))?;
     let criu: CriuWire = args.criu.clone();
     w.send(&Msg::Hello {
@@ -568,6 +592,7 @@ fn run(
         criu: criu.clone(),
         abilities: mine.clone(),
         docker: ids.docker.map(Box::new),
+        memory: ws,
     })?;
     let Msg::Welcome { abilities: theirs } = w.expect("welcome")? else {
         unreachable!()
@@ -583,7 +608,7 @@ fn run(
     })?;
     let mut report = MigrationReport {
         container_id: id.clone(),
-        destination: args.destination.clone(),
+        destination: args.destination().to_string(),
         destination_id: dest_id.to_string(),
         strategy: strategy.name(),
         why,

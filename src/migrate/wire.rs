@@ -86,6 +86,16 @@ pub const DOCKER_CHECKPOINT: &str = "cntrlive-migrate";
 /// CRIU options both sides must agree on.
 pub type CriuWire = crate::cli::CriuStateFlags;
 
+/// The destination refused a container for lack of memory (exit status
+/// [`NoRoom::EXIT`]: a batch migration stops there).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoRoom(pub String);
+
+impl NoRoom {
+    pub const EXIT: u8 = 3;
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Msg {
@@ -107,11 +117,18 @@ pub enum Msg {
         /// destination's dockerd (`id` is its name there).
         #[serde(default)]
         docker: Option<Box<DockerTwin>>,
+        /// The container's resident memory (bytes): the destination's
+        /// admission control.
+        #[serde(default)]
+        memory: u64,
     },
     /// Destination → source: ready, and what it can do.
     Welcome { abilities: Abilities },
     /// Either side: no (the reason says why and what to do).
     Refused { reason: String },
+    /// Destination → source: no, for lack of memory (admission control);
+    /// a batch stops here.
+    NoRoom { reason: String },
     /// Source → destination: the strategy chosen.
     Plan { strategy: Strategy, why: String },
     /// A tar stream follows: `rootfs` or `images`; `mode`: of its top
@@ -145,6 +162,7 @@ impl Msg {
             Msg::Hello { .. } => "hello",
             Msg::Welcome { .. } => "welcome",
             Msg::Refused { .. } => "refused",
+            Msg::NoRoom { .. } => "no-room",
             Msg::Plan { .. } => "plan",
             Msg::Tar { .. } => "tar",
             Msg::Prune { .. } => "prune",
@@ -369,6 +387,10 @@ impl Wire {
             Msg::Refused { reason } | Msg::Failed { reason } => {
                 bail!("the destination {} refused: {reason}", self.peer())
             }
+            Msg::NoRoom { reason } => Err(anyhow::Error::new(NoRoom(format!(
+                "the destination {} has no room for it: {reason}",
+                self.peer()
+            )))),
             m => {
                 if m.kind() != what {
                     bail!("protocol error: expected {what}, got {}", m.kind());
