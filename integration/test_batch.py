@@ -187,3 +187,56 @@ def test_batch_migrate_stops_when_the_destination_has_no_room_and_resumes(tmp_pa
     finally:
         a.close()
         b.close()
+
+
+def test_fifty_docker_counters_checkpointed_and_restored_as_a_batch_through_dockerd(docker_stack, tmp_path):
+    """`checkpoint --docker-host URL --all` / `restore --docker-host URL
+    --all`: dockerd itself checkpoints each container of ours into its
+    checkpoint store and starts it from there (two at a time, admission
+    before each start); every counter continues. A container run by runc
+    at the same dockerd is not ours: --all leaves it running."""
+    from helpers import runtimes_under_test
+    from test_docker import COUNTER_SH, docker_count, status
+    stack = docker_stack
+    ours = stack.runtime_name("cntrlive")
+    names = [f"bd{i:02d}" for i in range(50)]
+    others = [stack.runtime_name(n) for n, _ in runtimes_under_test() if n != "cntrlive"]
+    for n, runtime in [(n, ours) for n in names] + [("bd-other", r) for r in others[:1]]:
+        stack.docker("run", "-d", "--name", n, "--runtime", runtime, "--network", "none",
+                     "busybox:local", "sh", "-c", COUNTER_SH)
+    try:
+        for n in names:
+            wait_for(lambda: docker_count(stack, n) > 2, timeout=60, what=f"{n} to count")
+        rt = Runtime(OURS, tmp_path / "state")
+        report = tmp_path / "reports"
+        rep, _ = batch(rt, "checkpoint", "--docker-host", stack.docker_host, "--all", "--parallel", "2",
+                       "--image-path", report)
+        assert sorted(c["id"] for c in rep["containers"]) == names, rep
+        assert (rep["ok"], rep["failed"]) == (50, 0), rep
+        assert all(c["image_bytes"] for c in rep["containers"]), rep["containers"][:2]
+        assert (report / "checkpoint-report.json").is_file()
+        at = {}
+        for n in names:
+            assert status(stack, n) == "exited"
+            at[n] = int(stack.docker("logs", n).stdout.split()[-1])
+            assert "cntrlive-batch" in stack.docker("checkpoint", "ls", n).stdout
+        if others:
+            assert status(stack, "bd-other") == "running", "a runc container was checkpointed"
+        rep, _ = batch(rt, "restore", "--docker-host", stack.docker_host, "--all", "--parallel", "2",
+                       "--image-path", report)
+        assert (rep["ok"], rep["failed"], rep["not_started"]) == (50, 0, 0), rep
+        assert all(c["memory_estimate"] for c in rep["containers"])
+        for n in names:
+            assert status(stack, n) == "running"
+            wait_for(lambda: docker_count(stack, n) > at[n] + 2, timeout=60, what=f"{n} to count on from {at[n]}")
+            logs = [int(x) for x in stack.docker("logs", n).stdout.split()]
+            assert logs.count(1) <= 1, f"{n} restarted from 1: a cold start, not a restore"
+        # Managed by dockerd as before: exec, stop.
+        assert stack.docker("exec", "bd07", "echo", "ok").stdout.strip() == "ok"
+        stack.docker("stop", "-t", "1", "bd07")
+        # A re-run skips what is running.
+        rep, _ = batch(rt, "restore", "--docker-host", stack.docker_host, "bd03", "bd04", "--image-path", report)
+        assert [c["result"] for c in rep["containers"]] == ["skipped", "skipped"], rep
+    finally:
+        for n in names + ["bd-other"]:
+            stack.docker("rm", "-f", n, check=False)

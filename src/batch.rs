@@ -218,6 +218,24 @@ pub struct Admission {
 }
 
 impl Admission {
+    fn from_flags(f: &crate::cli::AdmissionFlags) -> Result<Admission> {
+        let wait = f
+            .wait_for_memory
+            .as_deref()
+            .map(|w| {
+                humantime::parse_duration(w).with_context(|| {
+                    format!("invalid --wait-for-memory {w:?}: use a duration such as 30s or 5m")
+                })
+            })
+            .transpose()?;
+        Ok(Admission {
+            budget: f.memory_budget,
+            reserve: f.memory_reserve,
+            wait,
+            used: 0,
+        })
+    }
+
     fn available() -> u64 {
         <procfs::Meminfo as procfs::Current>::current()
             .ok()
@@ -471,6 +489,9 @@ fn complete(images: &Path) -> bool {
 
 /// `checkpoint --all | ID ID…`: each into IMAGE_PATH/ID.
 pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
+    if let Some(h) = &args.target.batch.docker_host {
+        return docker_checkpoint(&args, ctx, h);
+    }
     let started = Instant::now();
     let dir = batch_dir(args.image_path.as_deref())?;
     if args.work_path.is_some() || args.parent_path.is_some() || args.pre_dump {
@@ -586,6 +607,9 @@ fn memory_limit(bundle: &Path) -> Option<u64> {
 
 /// `restore --all | ID ID… --image-path BATCH_DIR`.
 pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
+    if let Some(h) = &args.target.batch.docker_host {
+        return docker_restore(&args, ctx, h);
+    }
     let started = Instant::now();
     let dir = batch_dir(args.image_path.as_deref())?;
     let index = Index::load(&dir)?;
@@ -600,22 +624,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     } else {
         args.target.listed()
     };
-    let wait = args
-        .admission
-        .wait_for_memory
-        .as_deref()
-        .map(|w| {
-            humantime::parse_duration(w).with_context(|| {
-                format!("invalid --wait-for-memory {w:?}: use a duration such as 30s or 5m")
-            })
-        })
-        .transpose()?;
-    let admission = Admission {
-        budget: args.admission.memory_budget,
-        reserve: args.admission.memory_reserve,
-        wait,
-        used: 0,
-    };
+    let admission = Admission::from_flags(&args.admission)?;
     ctx.ensure_root()?;
     let mut items = Vec::new();
     let mut jobs = Vec::new();
@@ -651,15 +660,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             continue;
         }
         let need = memory_estimate(&images);
-        if let Some(l) = memory_limit(bundle) {
-            if need > l {
-                items.push(item(&id, "failed", format!(
-                    "needs ~{} MiB, more than its own memory limit of {} MiB (linux.resources.memory.limit)",
-                    need >> 20,
-                    l >> 20
-                )));
-                continue;
-            }
+        if let Some(why) = over_limit(need, memory_limit(bundle), "linux.resources.memory.limit") {
+            items.push(item(&id, "failed", why));
+            continue;
         }
         let mut cmd = ctx.command()?;
         cmd.arg("restore")
@@ -684,10 +687,22 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             }),
         });
     }
+    run_restores(&dir, &args.target.batch, started, items, jobs, admission)
+}
+
+/// Run a batch of restores (ours or dockerd's), admission before each.
+fn run_restores(
+    dir: &Path,
+    flags: &crate::cli::BatchFlags,
+    started: Instant,
+    items: Vec<Item>,
+    jobs: Vec<Job>,
+    admission: Admission,
+) -> Result<i32> {
     run_batch(
         "restore",
-        &dir,
-        &args.target.batch,
+        dir,
+        flags,
         started,
         items,
         jobs,
@@ -697,6 +712,17 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             it.image_bytes = Some(d.need - PER_CONTAINER_ALLOWANCE);
         },
     )
+}
+
+/// A container that cannot fit its own memory limit (`what` names it).
+fn over_limit(need: u64, limit: Option<u64>, what: &str) -> Option<String> {
+    limit.filter(|l| need > *l).map(|l| {
+        format!(
+            "needs ~{} MiB, more than its own memory limit of {} MiB ({what})",
+            need >> 20,
+            l >> 20
+        )
+    })
 }
 
 /// `migrate --all | ID ID… DEST`: each container by a child `migrate
@@ -781,6 +807,8 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<i32> {
         all: args.all,
         parallel: args.parallel,
         json: args.json,
+        docker_host: None,
+        docker_exec_root: None,
     };
     run_batch(
         "migrate",
@@ -801,4 +829,179 @@ pub fn migrate(args: MigrateArgs, ctx: &Ctx) -> Result<i32> {
             }
         },
     )
+}
+
+/// The checkpoint a batch through dockerd writes into each container's
+/// own checkpoint store (`docker checkpoint ls`), and starts it from.
+const DOCKER_CHECKPOINT: &str = "cntrlive-batch";
+
+/// A batch through dockerd: its containers (`--all`: every one it has)
+/// as (ID, name, running); a name it does not know is a failed item.
+fn docker_targets(
+    client: &crate::docker::Docker,
+    target: &crate::cli::Targets,
+    host: &str,
+    items: &mut Vec<Item>,
+) -> Result<Vec<(String, String, bool)>> {
+    let all = client.containers()?;
+    if target.batch.all {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for n in target.listed() {
+        match all.iter().find(|c| c.1 == n || c.0.starts_with(&n)) {
+            Some(c) => out.push(c.clone()),
+            None => items.push(Item::new(
+                &n,
+                "failed",
+                Some(format!("no container \"{n}\" at dockerd {host}")),
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// `checkpoint --docker-host URL --all | NAME…`: each running
+/// cntrlive-runtime container of that dockerd checkpointed by dockerd
+/// itself (`docker checkpoint create`, which calls us through containerd)
+/// into its store as "cntrlive-batch". The report goes to IMAGE_PATH.
+fn docker_checkpoint(args: &CheckpointArgs, ctx: &Ctx, host: &str) -> Result<i32> {
+    let started = Instant::now();
+    let dir = batch_dir(args.image_path.as_deref())?;
+    if args.work_path.is_some() || args.parent_path.is_some() || args.pre_dump {
+        bail!("a batch checkpoint takes no --work-path, --parent-path or --pre-dump");
+    }
+    make_dir(&dir, "batch directory")?;
+    let client = crate::docker::Docker::connect(host)?;
+    let exec_root = args.target.batch.docker_exec_root.as_deref();
+    let listed = !args.target.batch.all;
+    let mut items = Vec::new();
+    let mut jobs = Vec::new();
+    let mut dirs = BTreeMap::new();
+    for (id, name, running) in docker_targets(&client, &args.target, host, &mut items)? {
+        let cp = client.checkpoint_dir(&id, DOCKER_CHECKPOINT)?;
+        if !running {
+            if complete(&cp) {
+                items.push(Item::new(
+                    &name,
+                    "skipped",
+                    Some(format!(
+                        "checkpointed by an earlier run ({DOCKER_CHECKPOINT})"
+                    )),
+                ));
+            } else if listed {
+                items.push(Item::new(&name, "failed", Some("not running".into())));
+            }
+            continue;
+        }
+        let ours = crate::docker::runtime_ctx(ctx, exec_root, &id)
+            .and_then(|c| c.store.load(&id).map_err(anyhow::Error::from));
+        if let Err(e) = ours {
+            if listed {
+                items.push(Item::new(
+                    &name,
+                    "failed",
+                    Some(format!("not a cntrlive-runtime container ({e:#})")),
+                ));
+            }
+            continue;
+        }
+        let mut cmd = ctx.command()?;
+        cmd.args([
+            "docker",
+            "--docker-host",
+            host,
+            "checkpoint",
+            &id,
+            DOCKER_CHECKPOINT,
+        ]);
+        if args.leave_running {
+            cmd.arg("--leave-running");
+        }
+        dirs.insert(name.clone(), cp);
+        jobs.push(Job {
+            id: name,
+            cmd,
+            need: 0,
+            relay: None,
+        });
+    }
+    run_batch(
+        "checkpoint",
+        &dir,
+        &args.target.batch,
+        started,
+        items,
+        jobs,
+        None,
+        |d, it| it.image_bytes = dirs.get(&d.id).map(|p| crate::criu::stats::dir_bytes(p)),
+    )
+}
+
+/// `restore --docker-host URL --all | NAME…`: each stopped container with
+/// a complete "cntrlive-batch" checkpoint started from it by dockerd
+/// (`docker start --checkpoint`), admission before each.
+fn docker_restore(args: &RestoreArgs, ctx: &Ctx, host: &str) -> Result<i32> {
+    let started = Instant::now();
+    let dir = batch_dir(args.image_path.as_deref())?;
+    make_dir(&dir, "batch directory")?;
+    let admission = Admission::from_flags(&args.admission)?;
+    let client = crate::docker::Docker::connect(host)?;
+    let listed = !args.target.batch.all;
+    let mut items = Vec::new();
+    let mut jobs = Vec::new();
+    for (id, name, running) in docker_targets(&client, &args.target, host, &mut items)? {
+        let cp = client.checkpoint_dir(&id, DOCKER_CHECKPOINT)?;
+        let has = complete(&cp);
+        if running && (has || listed) {
+            items.push(Item::new(
+                &name,
+                "skipped",
+                Some("running (restored by an earlier run)".into()),
+            ));
+            continue;
+        }
+        if !has {
+            if listed {
+                items.push(Item::new(
+                    &name,
+                    "failed",
+                    Some(format!(
+                        "no complete checkpoint {DOCKER_CHECKPOINT} in {}",
+                        cp.display()
+                    )),
+                ));
+            }
+            continue;
+        }
+        let need = memory_estimate(&cp);
+        let limit = client
+            .inspect(&id)?
+            .and_then(|c| {
+                c.create
+                    .pointer("/HostConfig/Memory")
+                    .and_then(|m| m.as_u64())
+            })
+            .filter(|l| *l > 0);
+        if let Some(why) = over_limit(need, limit, "docker run --memory") {
+            items.push(Item::new(&name, "failed", Some(why)));
+            continue;
+        }
+        let mut cmd = ctx.command()?;
+        cmd.args([
+            "docker",
+            "--docker-host",
+            host,
+            "start",
+            &id,
+            DOCKER_CHECKPOINT,
+        ]);
+        jobs.push(Job {
+            id: name,
+            cmd,
+            need,
+            relay: None,
+        });
+    }
+    run_restores(&dir, &args.target.batch, started, items, jobs, admission)
 }

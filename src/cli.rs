@@ -132,13 +132,27 @@ pub enum Command {
     /// Append stdin to FILE until EOF (a migrated container's output)
     #[command(hide = true)]
     LogRelay { file: PathBuf },
-    /// `docker rm -f ID` through dockerd's API (a destination's guard)
+    /// One call to dockerd's API: `remove ID` (`docker rm -f`: a
+    /// destination's guard), `checkpoint ID NAME [--leave-running]`,
+    /// `start ID NAME` (from that checkpoint): a batch's child command
     #[command(hide = true)]
-    DockerRemove {
+    Docker {
         #[arg(long)]
         docker_host: String,
+        #[arg(long)]
+        leave_running: bool,
+        #[arg(value_enum)]
+        op: DockerOp,
         id: String,
+        checkpoint: Option<String>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DockerOp {
+    Remove,
+    Checkpoint,
+    Start,
 }
 
 /// `migrate`.
@@ -709,7 +723,7 @@ impl Targets {
         self.container_id.as_deref().unwrap_or_default()
     }
     pub fn is_batch(&self) -> bool {
-        self.batch.all || !self.more_ids.is_empty()
+        self.batch.all || !self.more_ids.is_empty() || self.batch.docker_host.is_some()
     }
     /// The IDs named on the command line.
     pub fn listed(&self) -> Vec<String> {
@@ -734,6 +748,14 @@ pub struct BatchFlags {
     /// Batch: print the report as JSON (no progress display)
     #[arg(long)]
     pub json: bool,
+    /// A batch through dockerd: the containers (docker names or IDs, or
+    /// --all) are this dockerd's, checkpointed into their own checkpoint
+    /// store as "cntrlive-batch" and started from it (docs/batch.md)
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// That dockerd's --exec-root (default: found under /run)
+    #[arg(long, value_name = "DIR", requires = "docker_host")]
+    pub docker_exec_root: Option<PathBuf>,
 }
 
 /// Batch restore: admission control (docs/batch.md).

@@ -181,6 +181,80 @@ impl Docker {
         Ok(())
     }
 
+    /// `docker checkpoint create [--leave-running=!exit] ID NAME`.
+    pub fn checkpoint(&self, id: &str, name: &str, exit: bool) -> Result<()> {
+        self.call(
+            "POST",
+            &format!("/containers/{}/checkpoints", enc(id)),
+            Some(&serde_json::json!({"CheckpointID": name, "Exit": exit})),
+        )?;
+        Ok(())
+    }
+
+    /// Every container (`docker ps -a`): ID, first name, running.
+    pub fn containers(&self) -> Result<Vec<(String, String, bool)>> {
+        let v = self.call("GET", "/containers/json?all=1", None)?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default();
+                let name = c
+                    .pointer("/Names/0")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .trim_start_matches('/');
+                (
+                    s("Id").to_string(),
+                    name.to_string(),
+                    s("State") == "running",
+                )
+            })
+            .collect())
+    }
+
+    /// Where dockerd keeps container `id`'s checkpoint `name`.
+    pub fn checkpoint_dir(&self, id: &str, name: &str) -> Result<PathBuf> {
+        let root = self.info()?;
+        let root = root
+            .get("DockerRootDir")
+            .and_then(Value::as_str)
+            .context("dockerd's info has no DockerRootDir")?;
+        Ok(Path::new(root)
+            .join("containers")
+            .join(id)
+            .join("checkpoints")
+            .join(name))
+    }
+
+    /// A batch's child command (`cntrlive-runtime docker OP …`).
+    pub fn op(
+        &self,
+        op: crate::cli::DockerOp,
+        id: &str,
+        checkpoint: Option<&str>,
+        leave_running: bool,
+    ) -> Result<()> {
+        use crate::cli::DockerOp;
+        let cp = || checkpoint.context("a checkpoint name is needed");
+        match op {
+            DockerOp::Remove => self.remove(id),
+            DockerOp::Checkpoint => {
+                // A checkpoint of that name from an earlier batch goes.
+                let _ = self.remove_checkpoint(id, cp()?);
+                self.checkpoint(id, cp()?, !leave_running)
+            }
+            DockerOp::Start => match self.start_from_checkpoint(id, cp()?) {
+                // moby/moby#42900: dockerd's own occasional upload error,
+                // before any runtime is called; once more.
+                Err(e) if format!("{e}").contains("already exists") => {
+                    self.start_from_checkpoint(id, cp()?)
+                }
+                r => r,
+            },
+        }
+    }
+
     /// `docker rm -f`.
     pub fn remove(&self, id: &str) -> Result<()> {
         self.call(

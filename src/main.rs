@@ -131,8 +131,14 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::MigrateReceive(a) => migrate::dest::migrate_receive(a, &ctx).map(|_| 0),
         Command::MigrateCerts(a) => migrate::certs::migrate_certs(a).map(|_| 0),
         Command::LogRelay { file } => relay::log_relay(&file).map(|_| 0),
-        Command::DockerRemove { docker_host, id } => docker::Docker::connect(&docker_host)?
-            .remove(&id)
+        Command::Docker {
+            docker_host,
+            leave_running,
+            op,
+            id,
+            checkpoint,
+        } => docker::Docker::connect(&docker_host)?
+            .op(op, &id, checkpoint.as_deref(), leave_running)
             .map(|_| 0),
     }
 }

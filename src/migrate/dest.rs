@@ -559,9 +559,10 @@ impl Receive<'_> {
             .create(name, &body)
             .context("the destination's dockerd could not create the twin")?;
         guard.arm(Action::Run(self.our_argv(&[
-            "docker-remove",
+            "docker",
             "--docker-host",
             &host,
+            "remove",
             &id,
         ])?));
         self.guard = Some(guard);
