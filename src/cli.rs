@@ -682,6 +682,12 @@ pub struct CheckpointArgs {
     /// Dump the container's memory information only, leave the container running after this
     #[arg(long)]
     pub pre_dump: bool,
+    /// Dump the network namespace even when it holds nothing but loopback
+    /// (by default such a namespace is left out and the restore gives the
+    /// container a fresh one — faster; with this, runc and crun can
+    /// restore the images too)
+    #[arg(long)]
+    pub dump_netns: bool,
     /// Pre-copy in one CRIU session: N pre-dump rounds (images in
     /// IMAGE_PATH/pre-1 … pre-N, each the parent of the next) then the final
     /// dump, which writes only the pages dirtied since the last round

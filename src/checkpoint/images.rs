@@ -48,6 +48,10 @@ pub struct Manifest {
     /// skips CRIU's network lock too.
     #[serde(default)]
     pub loopback_only: bool,
+    /// The loopback-only network namespace was not dumped: the restore
+    /// creates a fresh one (checkpoint::netns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh_netns: Option<crate::checkpoint::netns::FreshNetns>,
 }
 
 /// Facts about a bundle's spec that a manifest records and restore checks.
@@ -279,6 +283,7 @@ mod tests {
             terminal: false,
             descriptors: vec![],
             loopback_only: false,
+            fresh_netns: None,
         }
     }
 

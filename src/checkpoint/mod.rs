@@ -7,6 +7,7 @@
 //! [`crate::criu`] engine.
 
 pub mod images;
+pub mod netns;
 pub mod options;
 pub mod request;
 pub mod spec;

@@ -199,6 +199,8 @@ pub struct CheckpointOptions {
     /// `migrate`: after the final dump the container stays alive and frozen
     /// until the caller ends it (commands::checkpoint::Kept).
     pub keep_frozen: bool,
+    /// Dump a loopback-only network namespace too (checkpoint::netns).
+    pub dump_netns: bool,
     pub common: CriuCommon,
 }
 
@@ -312,6 +314,7 @@ impl CheckpointOptions {
             rounds,
             lazy_confirm: a.criu.lazy_pages && !a.no_lazy_confirm,
             keep_frozen: false,
+            dump_netns: a.dump_netns,
             common,
         })
     }

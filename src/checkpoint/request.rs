@@ -34,9 +34,12 @@ pub struct ContainerFacts {
     pub cgroup_controllers: Vec<String>,
     /// The container has its own network namespace with nothing but `lo`.
     pub loopback_only: bool,
-    /// Inode of an external network namespace (config.json names a path):
-    /// not dumped, CRIU records it as `extRootNetNS`.
+    /// Inode of an external network namespace (config.json names a path,
+    /// or a loopback-only one left out: `fresh_netns`): not dumped, CRIU
+    /// records it as `extRootNetNS`.
     pub external_netns: Option<u64>,
+    /// The namespace is left out; the restore makes a fresh one like it.
+    pub fresh_netns: Option<crate::checkpoint::netns::FreshNetns>,
 }
 
 /// CRIU's key for an external network namespace (runc uses the same).
@@ -273,6 +276,7 @@ mod tests {
             rounds: None,
             lazy_confirm: false,
             keep_frozen: false,
+            dump_netns: false,
             common: CriuCommon {
                 tcp_established: true,
                 ..Default::default()
@@ -292,6 +296,7 @@ mod tests {
             cgroup_controllers: vec!["freezer".into()],
             loopback_only: true,
             external_netns: Some(4026532001),
+            fresh_netns: None,
         };
         let r = dump_request(&opts(false), &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::DUMP);

@@ -49,6 +49,7 @@ pub(crate) fn container_facts(
     c: &Container,
     pid: i32,
     freezer: Option<&janitor::Freezer>,
+    dump_netns: bool,
 ) -> Result<(ContainerFacts, SpecFacts)> {
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
@@ -78,6 +79,21 @@ pub(crate) fn container_facts(
         })
         .collect();
     let config_file = crate::checkpoint::spec::criu_config_file(&spec);
+    let loopback = loopback_only(pid);
+    let mut ext_netns = external_netns(&spec)?;
+    // A loopback-only namespace of its own is left out (checkpoint::netns).
+    let fresh_netns = if !dump_netns
+        && ext_netns.is_none()
+        && crate::checkpoint::netns::skippable(pid, loopback, &spec)
+    {
+        use std::os::unix::fs::MetadataExt;
+        ext_netns = Some(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino());
+        Some(crate::checkpoint::netns::FreshNetns {
+            lo_up: crate::checkpoint::netns::lo_up(pid)?,
+        })
+    } else {
+        None
+    };
     Ok((
         ContainerFacts {
             init_pid: pid,
@@ -87,8 +103,9 @@ pub(crate) fn container_facts(
             masked_files,
             config_file,
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
-            loopback_only: loopback_only(pid),
-            external_netns: external_netns(&spec)?,
+            loopback_only: loopback,
+            external_netns: ext_netns,
+            fresh_netns,
         },
         SpecFacts::of(&spec),
     ))
@@ -331,7 +348,11 @@ pub(crate) fn dump(
             }
         });
     }
-    let (facts, spec_facts) = container_facts(&c, pid, freezer.as_ref())?;
+    // Post-copy: the restore starts before our manifest is written (it
+    // follows CRIU's answer), so it could not know the namespace was left
+    // out: dumped.
+    let dump_netns = opts.dump_netns || opts.common.lazy_pages;
+    let (facts, spec_facts) = container_facts(&c, pid, freezer.as_ref(), dump_netns)?;
     tracing::debug!(phase = "facts gathered", "checkpoint");
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
@@ -394,6 +415,7 @@ pub(crate) fn dump(
         terminal: spec_facts.terminal,
         descriptors: read_descriptors(&opts.image_path),
         loopback_only: facts.loopback_only,
+        fresh_netns: facts.fresh_netns,
     };
 
     let mut final_opts = opts.clone();

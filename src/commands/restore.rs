@@ -215,6 +215,36 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         m.check_bundle(&SpecFacts::of(&bundle.spec))
             .with_context(|| format!("cannot restore from {}", o.image_path.display()))?;
     }
+    // An external network namespace (config.json names a path): CRIU
+    // restores into it through an inherited fd (runc's
+    // handleRestoringExternalNamespaces). Opened before CRIU starts, which
+    // inherits it.
+    let fresh = manifest.as_ref().and_then(|m| m.fresh_netns);
+    // Left out of the dump: a fresh one like it (checkpoint::netns), made
+    // on a thread while the bundle is read and the janitor starts (the
+    // kernel takes several ms to make a network namespace).
+    let mut making_netns = None;
+    let mut netns = match (super::checkpoint::netns_path(&bundle.spec), fresh) {
+        (None, Some(f)) => {
+            making_netns = Some(std::thread::spawn(move || {
+                crate::checkpoint::netns::fresh(f)
+                    .context("cannot create the container's network namespace")
+            }));
+            None
+        }
+        (Some(p), _) => {
+            let f = File::open(&p)
+                .with_context(|| format!("cannot open the network namespace {}", p.display()))?;
+            // Inherited without CLOEXEC, and well above fd 3, which CRIU's
+            // swrk socket takes in the child (a netns fd that happened to
+            // be 3 was replaced by it: "Can't setns …: Invalid argument").
+            let high = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(100))?;
+            // SAFETY: a fresh fd we own.
+            Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(high) })
+        }
+        (None, None) => None,
+    };
+
     make_dir(&o.work_path, "work directory")?;
 
     let spec = &bundle.spec;
@@ -257,24 +287,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         .unwrap_or(false);
     let config_file = crate::checkpoint::spec::criu_config_file(spec);
 
-    // An external network namespace (config.json names a path): CRIU
-    // restores into it through an inherited fd (runc's
-    // handleRestoringExternalNamespaces). Opened before CRIU starts, which
-    // inherits it.
-    let netns = match super::checkpoint::netns_path(spec) {
-        Some(p) => {
-            let f = File::open(&p)
-                .with_context(|| format!("cannot open the network namespace {}", p.display()))?;
-            // Inherited without CLOEXEC, and well above fd 3, which CRIU's
-            // swrk socket takes in the child (a netns fd that happened to
-            // be 3 was replaced by it: "Can't setns …: Invalid argument").
-            let high = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(100))?;
-            // SAFETY: a fresh fd we own.
-            Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(high) })
-        }
-        None => None,
-    };
-
     // From here on, everything is undone on failure.
     let state_root = ctx.ensure_root()?;
     let container_dir = state_root.join(&id);
@@ -290,6 +302,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // are prepared (it is asked nothing until the version gate).
         cancel::install().context("failed to install signal handlers")?;
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        // CRIU inherits the namespace's fd: it must exist before CRIU starts.
+        if let Some(t) = making_netns.take() {
+            netns = Some(
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))??,
+            );
+        }
         let mut session = super::start_criu_session(ctx, &o.work_path, true, &mut janitor)?;
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;

@@ -662,6 +662,7 @@ fn run(
         }),
         lazy_confirm: false,
         keep_frozen: true,
+        dump_netns: false,
         common: CriuCommon {
             tls: Some(tls.clone()),
             ..CriuCommon::from_state(&args.criu)?
