@@ -213,7 +213,7 @@ def test_fifty_docker_counters_checkpointed_and_restored_as_a_batch_through_dock
                        "--image-path", report)
         assert sorted(c["id"] for c in rep["containers"]) == names, rep
         assert (rep["ok"], rep["failed"]) == (50, 0), rep
-        assert all(c["image_bytes"] for c in rep["containers"]), rep["containers"][:2]
+        assert all(c["image_bytes"] and c["frozen_ms"] for c in rep["containers"]), rep["containers"][:2]
         assert (report / "checkpoint-report.json").is_file()
         at = {}
         for n in names:

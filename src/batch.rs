@@ -537,7 +537,6 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         cmd.arg("checkpoint")
             .arg("--image-path")
             .arg(dir.join(&id))
-            .arg("--stats=json")
             .args(CriuCommon::state_args(&args.criu.state));
         if args.leave_running {
             cmd.arg("--leave-running");
@@ -565,17 +564,24 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         items,
         jobs,
         None,
-        |d, it| {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.out) {
-                // `checkpoint --stats=json` (criu::stats::Report).
-                it.frozen_ms = v
-                    .pointer("/criu/dump/frozen_time_us")
-                    .and_then(|x| x.as_u64())
-                    .map(|u| u as f64 / 1e3);
-                it.image_bytes = v.pointer("/image_bytes").and_then(|x| x.as_u64());
-            }
-        },
+        |d, it| checkpoint_stats(&dir.join(&d.id), it),
     )
+}
+
+/// What our checkpoint left beside the images (criu::stats::Report,
+/// `cntrlive-stats.json`): CRIU's frozen time and the image bytes.
+fn checkpoint_stats(images: &Path, it: &mut Item) {
+    let Some(v) = std::fs::read(images.join(crate::criu::stats::STATS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return;
+    };
+    it.frozen_ms = v
+        .pointer("/criu/dump/frozen_time_us")
+        .and_then(|x| x.as_u64())
+        .map(|u| u as f64 / 1e3);
+    it.image_bytes = v.pointer("/image_bytes").and_then(|x| x.as_u64());
 }
 
 /// Memory a restore from `images` will need (admission's estimate).
@@ -934,7 +940,11 @@ fn docker_checkpoint(args: &CheckpointArgs, ctx: &Ctx, host: &str) -> Result<i32
         items,
         jobs,
         None,
-        |d, it| it.image_bytes = dirs.get(&d.id).map(|p| crate::criu::stats::dir_bytes(p)),
+        |d, it| {
+            if let Some(cp) = dirs.get(&d.id) {
+                checkpoint_stats(cp, it)
+            }
+        },
     )
 }
 

@@ -516,6 +516,14 @@ pub(crate) fn dump(
             })
             .inspect_err(|e| tracing::warn!("no statistics from CRIU: {e:#}"))
             .ok();
+            if let Some(r) = report.as_ref().filter(|_| !diskless) {
+                // Beside the images, for whoever reads them later (a batch
+                // through dockerd, which has no --stats to pass).
+                let _ = std::fs::write(
+                    opts.image_path.join(stats::STATS_FILE),
+                    serde_json::to_vec_pretty(r).unwrap_or_default(),
+                );
+            }
             if opts.keep_frozen && !opts.pre_dump {
                 // The caller ends it (migrate); the janitor stays armed.
                 return Ok(Dumped {

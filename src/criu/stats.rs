@@ -78,6 +78,9 @@ pub enum CriuStats {
     Restore(RestoreStats),
 }
 
+/// The checkpoint's report (this struct), written beside its images.
+pub const STATS_FILE: &str = "cntrlive-stats.json";
+
 /// Everything `--stats` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
