@@ -12,7 +12,8 @@ from helpers import OURS, Runtime, make_bundle, read_count, wait_for
 
 def image_files(img):
     return {p.name: p.stat().st_size for p in pathlib.Path(img).iterdir()
-            if p.is_file() and not p.name.endswith(".log") and not p.name.startswith("stats-")}
+            if p.is_file() and not p.name.endswith(".log") and not p.name.startswith("stats-")
+            and p.name != "cntrlive-stats.json"}
 
 
 def test_checkpoint_and_restore_stats(tmp_path):
@@ -33,6 +34,9 @@ def test_checkpoint_and_restore_stats(tmp_path):
         assert d["pages_scanned"] >= d["pages_written"]
         assert 0 < d["frozen_time_us"] < rep["wall_time_ms"] * 1000
         assert rep["image_bytes"] == sum(files.values())
+        # The same report is left beside the images (batches read it there).
+        beside = json.loads((pathlib.Path(img) / "cntrlive-stats.json").read_text())
+        assert beside["criu"]["dump"]["frozen_time_us"] == d["frozen_time_us"], beside
         assert rep["wall_time_ms"] >= rep["criu_request_ms"] > 0
         assert abs(rep["wall_time_ms"] - rep["criu_request_ms"] - rep["runtime_overhead_ms"]) < 0.01
         assert pathlib.Path(rep["stats_file"]).exists()

@@ -204,14 +204,15 @@ fn fields(msg: &[u8]) -> Result<Vec<(u32, u64)>> {
 }
 
 /// Total size of the image files directly in `dir` (not CRIU's logs and
-/// stats, which share the directory when the work path is the image path).
+/// stats, which share the directory when the work path is the image path,
+/// nor our report beside them).
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .filter(|e| {
                     let n = e.file_name().to_string_lossy().into_owned();
-                    !n.ends_with(".log") && !n.starts_with("stats-")
+                    !n.ends_with(".log") && !n.starts_with("stats-") && n != STATS_FILE
                 })
                 .filter_map(|e| e.metadata().ok())
                 .filter(|m| m.is_file())

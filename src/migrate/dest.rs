@@ -101,6 +101,7 @@ fn admit(
     adm: &crate::cli::ReceiveAdmission,
 ) -> Result<Option<String>> {
     use nix::fcntl::{Flock, FlockArg};
+    crate::store::validate_id(id)?;
     let dir = work_root.join(".admitted");
     make_dir(&dir, "admission directory")?;
     let lock = std::fs::File::create(dir.join(".lock"))?;
@@ -293,18 +294,9 @@ impl Receive<'_> {
             );
         }
         self.id = id.clone();
-        match admit(self.ctx, work_root, &id, memory, &self.admission) {
-            Ok(None) => {}
-            Ok(Some(why)) => {
-                w.send(&Msg::NoRoom {
-                    reason: why.clone(),
-                })?;
-                bail!("no room for \"{id}\": {why}");
-            }
-            Err(e) => return refuse(w, format!("admission control failed: {e:#}")),
-        }
         let mut docker_dirs = None;
         if let Some(d) = &docker {
+            self.admit(w, work_root, &id, memory)?;
             match self.prepare_twin(&id, d) {
                 Ok(dirs) => docker_dirs = Some(dirs),
                 Err(e) => return refuse(w, format!("{e:#}")),
@@ -337,6 +329,8 @@ impl Receive<'_> {
                     );
                 }
             }
+            // After the ID checks: a claim is named by a free, valid ID.
+            self.admit(w, work_root, &id, memory)?;
         }
         self.dir = work_root.join(format!(
             "{id}-{}",
@@ -514,6 +508,26 @@ impl Receive<'_> {
     /// Docker-managed: create the twin at this host's dockerd (refused if
     /// the name is taken, the image is missing or differs, the runtime is
     /// unknown). Its checkpoint directory and writable layer.
+    /// Admission control ([`admit`]): no room → `NoRoom` to the source.
+    fn admit(&self, w: &mut Wire, work_root: &Path, id: &str, memory: u64) -> Result<()> {
+        match admit(self.ctx, work_root, id, memory, &self.admission) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => {
+                w.send(&Msg::NoRoom {
+                    reason: why.clone(),
+                })?;
+                bail!("no room for \"{id}\": {why}")
+            }
+            Err(e) => {
+                let reason = format!("admission control failed: {e:#}");
+                w.send(&Msg::Refused {
+                    reason: reason.clone(),
+                })?;
+                bail!("{reason}")
+            }
+        }
+    }
+
     fn prepare_twin(&mut self, name: &str, d: &DockerTwin) -> Result<(PathBuf, PathBuf)> {
         let host = self.docker.docker_host.clone().context(
             "this destination takes no docker-managed containers: start migrate-listen with --docker-host unix:///var/run/docker.sock",
