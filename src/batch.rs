@@ -556,15 +556,36 @@ pub fn checkpoint(args: CheckpointArgs, ctx: &Ctx) -> Result<i32> {
         });
     }
     index.save(&dir)?;
+    let images: BTreeMap<String, PathBuf> = jobs
+        .iter()
+        .map(|j| (j.id.clone(), dir.join(&j.id)))
+        .collect();
+    run_checkpoints(&dir, &args.target.batch, started, items, jobs, images)
+}
+
+/// Run a batch of checkpoints (ours or dockerd's); `images`: where each
+/// container's images go (their stats are read there).
+fn run_checkpoints(
+    dir: &Path,
+    flags: &crate::cli::BatchFlags,
+    started: Instant,
+    items: Vec<Item>,
+    jobs: Vec<Job>,
+    images: BTreeMap<String, PathBuf>,
+) -> Result<i32> {
     run_batch(
         "checkpoint",
-        &dir,
-        &args.target.batch,
+        dir,
+        flags,
         started,
         items,
         jobs,
         None,
-        |d, it| checkpoint_stats(&dir.join(&d.id), it),
+        |d, it| {
+            if let Some(cp) = images.get(&d.id) {
+                checkpoint_stats(cp, it)
+            }
+        },
     )
 }
 
@@ -884,8 +905,9 @@ fn docker_checkpoint(args: &CheckpointArgs, ctx: &Ctx, host: &str) -> Result<i32
     let mut items = Vec::new();
     let mut jobs = Vec::new();
     let mut dirs = BTreeMap::new();
+    let containers = client.containers_dir()?;
     for (id, name, running) in docker_targets(&client, &args.target, host, &mut items)? {
-        let cp = client.checkpoint_dir(&id, DOCKER_CHECKPOINT)?;
+        let cp = crate::docker::checkpoint_dir(&containers, &id, DOCKER_CHECKPOINT);
         if !running {
             if complete(&cp) {
                 items.push(Item::new(
@@ -932,20 +954,7 @@ fn docker_checkpoint(args: &CheckpointArgs, ctx: &Ctx, host: &str) -> Result<i32
             relay: None,
         });
     }
-    run_batch(
-        "checkpoint",
-        &dir,
-        &args.target.batch,
-        started,
-        items,
-        jobs,
-        None,
-        |d, it| {
-            if let Some(cp) = dirs.get(&d.id) {
-                checkpoint_stats(cp, it)
-            }
-        },
-    )
+    run_checkpoints(&dir, &args.target.batch, started, items, jobs, dirs)
 }
 
 /// `restore --docker-host URL --all | NAME…`: each stopped container with
@@ -960,8 +969,9 @@ fn docker_restore(args: &RestoreArgs, ctx: &Ctx, host: &str) -> Result<i32> {
     let listed = !args.target.batch.all;
     let mut items = Vec::new();
     let mut jobs = Vec::new();
+    let containers = client.containers_dir()?;
     for (id, name, running) in docker_targets(&client, &args.target, host, &mut items)? {
-        let cp = client.checkpoint_dir(&id, DOCKER_CHECKPOINT)?;
+        let cp = crate::docker::checkpoint_dir(&containers, &id, DOCKER_CHECKPOINT);
         let has = complete(&cp);
         if running && (has || listed) {
             items.push(Item::new(

@@ -213,18 +213,16 @@ impl Docker {
             .collect())
     }
 
-    /// Where dockerd keeps container `id`'s checkpoint `name`.
-    pub fn checkpoint_dir(&self, id: &str, name: &str) -> Result<PathBuf> {
-        let root = self.info()?;
-        let root = root
+    /// Where dockerd keeps its containers' checkpoints: the store of
+    /// container `id`'s checkpoint `name` is `<this>/id/checkpoints/name`
+    /// ([`checkpoint_dir`]). One `info` call for a whole batch.
+    pub fn containers_dir(&self) -> Result<PathBuf> {
+        let info = self.info()?;
+        let root = info
             .get("DockerRootDir")
             .and_then(Value::as_str)
             .context("dockerd's info has no DockerRootDir")?;
-        Ok(Path::new(root)
-            .join("containers")
-            .join(id)
-            .join("checkpoints")
-            .join(name))
+        Ok(Path::new(root).join("containers"))
     }
 
     /// A batch's child command (`cntrlive-runtime docker OP …`).
@@ -264,6 +262,11 @@ impl Docker {
         )?;
         Ok(())
     }
+}
+
+/// Container `id`'s checkpoint `name` under [`Docker::containers_dir`].
+pub fn checkpoint_dir(containers: &Path, id: &str, name: &str) -> PathBuf {
+    containers.join(id).join("checkpoints").join(name)
 }
 
 /// Percent-encode a path segment or query value.
