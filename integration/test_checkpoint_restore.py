@@ -539,3 +539,75 @@ def test_loopback_only_netns_is_left_out_and_comes_back_alike(tmp_path):
             assert os.readlink(f"/proc/{rt.state('c1')['pid']}/ns/net") != ns_before
     finally:
         rt.cleanup()
+
+
+# ---- CRIU's kernel facts cache (src/criu/kdat.rs) ---------------------------
+
+KDAT = pathlib.Path("/run/criu.kdat")
+KDAT_FILE = pathlib.Path("/dev/shm/cntrlive-criu/criu.kdat")
+
+
+def run_is_tmpfs():
+    return subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True,
+                          text=True).stdout.strip() == "tmpfs"
+
+
+def kdat_loaded(log):
+    """Whether CRIU read its kernel facts from the cache (criu/kerndat.c)."""
+    return "Loaded kdat cache from /run/criu.kdat" in pathlib.Path(log).read_text(errors="replace")
+
+
+def test_criu_kernel_facts_cache_is_kept_where_run_is_not_tmpfs(tmp_path):
+    """Ours: where /run is no tmpfs CRIU writes no kernel facts cache and
+    probes the kernel on every run; we keep it for CRIU (a link into
+    /dev/shm, gone at reboot). After a "reboot" (our cache file gone) the
+    next checkpoint writes it again, and from then on CRIU — ours and
+    runc's — reads it instead of probing; with criu.kdat_cache false
+    nothing is written. On a host whose /run is a tmpfs CRIU keeps it
+    itself and `check` says so."""
+    rt = Runtime(OURS, tmp_path / "state")
+    if run_is_tmpfs():
+        assert "/run is a tmpfs: CRIU keeps it" in rt.run("check", check=False).stdout
+        return
+    if KDAT.is_symlink() or KDAT.exists():
+        assert KDAT.is_symlink() and os.readlink(KDAT) == str(KDAT_FILE), \
+            f"{KDAT} is not ours; the test would change someone else's file"
+    from helpers import runtimes_under_test
+    runc = [p for n, p in runtimes_under_test() if "cntrlive" not in n]
+    try:
+        b = make_bundle(tmp_path / "b")
+        # A reboot: /dev/shm is empty, the link dangles.
+        KDAT_FILE.unlink(missing_ok=True)
+        assert KDAT.is_symlink() or not KDAT.exists()
+        rt.run_piped("run", "-d", "--bundle", b, "c1")
+        wait_for(lambda: read_count(b) > 3, what="counter")
+        rt.run("checkpoint", "--image-path", tmp_path / "img1", "c1")
+        assert KDAT.is_symlink() and KDAT_FILE.stat().st_size > 0
+        assert kdat_loaded(tmp_path / "img1" / "dump.log"), "CRIU probed although the cache was written first"
+        at = read_count(b)
+        rt.run_piped("restore", "-d", "--image-path", tmp_path / "img1", "--bundle", b, "c1")
+        wait_for(lambda: read_count(b) > at + 3, what="the restored counter to go on")
+        assert kdat_loaded(tmp_path / "img1" / "restore.log")
+        assert "CRIU's kernel facts cache: /run is not a tmpfs" in rt.run("check", check=False).stdout
+        if runc:
+            # runc's CRIU (the same binary) reads it too.
+            other = Runtime(runc[0], tmp_path / "state-runc")
+            b2 = make_bundle(tmp_path / "b2")
+            try:
+                other.run_piped("run", "-d", "--bundle", b2, "r1")
+                wait_for(lambda: read_count(b2) > 3, what="runc's counter")
+                other.run("checkpoint", "--image-path", tmp_path / "img-runc", "r1")
+                assert kdat_loaded(tmp_path / "img-runc" / "dump.log")
+            finally:
+                other.cleanup()
+        # Switched off: nothing written, CRIU probes.
+        cfg = tmp_path / "config.json"
+        cfg.write_text(json.dumps({"criu": {"kdat_cache": False}}))
+        KDAT.unlink()
+        rt.run("checkpoint", "--image-path", tmp_path / "img2", "c1", global_args=("--config", cfg))
+        assert not KDAT.is_symlink() and not KDAT.exists()
+        assert not kdat_loaded(tmp_path / "img2" / "dump.log")
+    finally:
+        rt.cleanup()
+        # Leave the host with the cache (what any later run of ours does).
+        subprocess.run([str(OURS), "check"], capture_output=True)

@@ -16,6 +16,9 @@
 //!   relative links) and writes only the pages dirtied since — a
 //!   self-contained checkpoint that docker and containerd can tar, move and
 //!   restore like any other.
+//! - `criu.kdat_cache` (default true): where `/run` is not a tmpfs, keep
+//!   CRIU's kernel-facts cache for it (criu/kdat.rs); false leaves
+//!   `/run/criu.kdat` alone and CRIU probes the kernel on every run.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,25 @@ pub const DEFAULT_PATH: &str = "/etc/cntrlive/config.json";
 pub struct Config {
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub criu: CriuConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CriuConfig {
+    #[serde(default = "yes")]
+    pub kdat_cache: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for CriuConfig {
+    fn default() -> Self {
+        CriuConfig { kdat_cache: true }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -60,7 +82,7 @@ impl Config {
         };
         serde_json::from_slice(&text).with_context(|| {
             format!(
-                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent)",
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache)",
                 path.display()
             )
         })

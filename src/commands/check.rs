@@ -15,6 +15,7 @@ pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
         work_dir: None,
         inherit_stdio: false,
     };
+    super::kdat_cache(ctx, &cfg);
     let mut s = Session::start(cfg, None)?;
     let v = gates::version(&mut s)?;
     let f = gates::features(&mut s)?;
@@ -121,5 +122,36 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
         },
     );
     line(host.userfaultfd, "userfaultfd(2) for this process", "");
+    kdat_line(ctx);
     Ok(if all { 0 } else { 1 })
+}
+
+/// Whether CRIU finds its kernel facts cached (criu::kdat): without, every
+/// CRIU run probes the kernel again.
+fn kdat_line(ctx: &Ctx) {
+    use crate::criu::kdat::{State, CRIU_KDAT};
+    let on = crate::config::Config::load(ctx.global.config.as_deref())
+        .map(|c| c.criu.kdat_cache)
+        .unwrap_or(true);
+    // probe() above has just made it, if it could.
+    let state = if on {
+        crate::criu::kdat::ensure(&ctx.global.criu, std::time::Duration::from_secs(10))
+    } else {
+        State::NotOurs("criu.kdat_cache is false in the configuration".into())
+    };
+    let (ok, why) = match state {
+        State::CriuKeepsIt => (true, "/run is a tmpfs: CRIU keeps it".to_string()),
+        State::Kept | State::Written => (
+            true,
+            format!(
+                "/run is not a tmpfs; {CRIU_KDAT} points at {}",
+                crate::criu::kdat::CACHE_DIR
+            ),
+        ),
+        State::NotOurs(why) | State::Failed(why) => (
+            std::path::Path::new(CRIU_KDAT).exists(),
+            format!("{why}; without it CRIU probes the kernel on every run (+25-70 ms)"),
+        ),
+    };
+    line(ok, "CRIU's kernel facts cache", &why);
 }

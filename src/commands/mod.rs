@@ -117,12 +117,28 @@ pub fn start_criu_session(
         inherit_stdio,
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
+    kdat_cache(ctx, &cfg);
     let session = crate::criu::session::Session::start(cfg, Some(cancel))?;
     janitor.arm(crate::criu::janitor::Action::KillGroup(session.pgid()));
     janitor.arm(crate::criu::janitor::Action::UmountYards(
         work_dir.to_path_buf(),
     ));
     Ok(session)
+}
+
+/// CRIU's kernel-facts cache (criu::kdat), unless the configuration says
+/// no; a failure only costs CRIU its probes, as before.
+pub fn kdat_cache(ctx: &Ctx, cfg: &crate::criu::session::SessionConfig) {
+    let on = crate::config::Config::load(ctx.global.config.as_deref())
+        .map(|c| c.criu.kdat_cache)
+        .unwrap_or(true);
+    if on {
+        let state = crate::criu::kdat::ensure(
+            &cfg.criu,
+            cfg.timeout.min(std::time::Duration::from_secs(10)),
+        );
+        tracing::debug!(?state, "CRIU's kernel facts cache");
+    }
 }
 
 /// VERSION, refused below [`MIN_VERSION`](crate::criu::gates::MIN_VERSION).

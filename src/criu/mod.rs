@@ -12,6 +12,8 @@
 //! - [`cancel`]: SIGINT/SIGTERM/SIGHUP turned into a pollable fd.
 //! - [`log`]: the `Error` lines of CRIU's log, with hints for known failures.
 //! - [`stats`]: what CRIU measured (stats-dump/stats-restore) for `--stats`.
+//! - [`kdat`]: CRIU's kernel-facts cache, kept for it where `/run` is not
+//!   a tmpfs (CRIU then probes the kernel on every run).
 //! - [`gates`]: the CRIU version and features we rely on, as named constants,
 //!   and the host check behind `cntrlive-runtime check`.
 //!
@@ -22,6 +24,7 @@
 pub mod cancel;
 pub mod gates;
 pub mod janitor;
+pub mod kdat;
 pub mod lazy;
 pub mod log;
 pub mod page_server;
