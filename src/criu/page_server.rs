@@ -3,7 +3,9 @@
 //!
 //! The PAGE_SERVER request makes CRIU fork a page-server daemon and answer
 //! with its pid and port (CRIU's `start_page_server_req`). The daemon leaves
-//! CRIU's process group, so the engine tracks it by pidfd: `wait` returns
+//! CRIU's process group (setsid right after its fork) — `start` waits until
+//! it has, since closing the session kills that group — so the engine
+//! tracks it by pidfd: `wait` returns
 //! when it exits by itself (after the dumping side disconnects), or kills
 //! it at the deadline or on SIGINT/SIGTERM/SIGHUP.
 
@@ -91,6 +93,10 @@ pub fn start(
         op: "PAGE_SERVER",
         source: e,
     })?;
+    left_group(pid, s.pgid(), Duration::from_secs(5)).map_err(|e| CriuError::Io {
+        op: "PAGE_SERVER",
+        source: e,
+    })?;
     Ok(PageServer {
         pid,
         port,
@@ -98,6 +104,29 @@ pub fn start(
         log: work_dir.join(LOG_FILE),
         done: false,
     })
+}
+
+/// Wait until `pid` has left process group `pgid`. CRIU answers PAGE_SERVER
+/// once the daemon is forked, not once the daemon has run its setsid()
+/// (criu/util.c `cr_daemon`); closing the session kills CRIU's group, and
+/// under load that killed a daemon not yet out of it, before it accepted
+/// (found by CI: "Connection reset by peer" in the dumping side's TLS
+/// handshake, no "Accepted connection" in the page server's log).
+fn left_group(pid: Pid, pgid: Pid, within: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + within;
+    loop {
+        match nix::unistd::getpgid(Some(pid)) {
+            Ok(g) if g == pgid => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= end {
+            return Err(std::io::Error::other(format!(
+                "CRIU's page server (pid {pid}) did not leave CRIU's process group within {within:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// The process listening on TCP `port` (IPv4 or IPv6).
@@ -175,5 +204,45 @@ impl Drop for PageServer {
         if !self.done {
             self.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child of ours (in our group) that calls setsid only after a while,
+    /// as CRIU's page-server daemon may under load.
+    fn late_setsid(after: &str) -> std::process::Child {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("sleep {after}; exec setsid sleep 5")])
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn waits_until_the_daemon_left_the_group_ok() {
+        let mut c = late_setsid("0.3");
+        let pid = Pid::from_raw(c.id() as i32);
+        let ours = nix::unistd::getpgrp();
+        let t0 = Instant::now();
+        left_group(pid, ours, Duration::from_secs(5)).unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(250),
+            "returned before setsid"
+        );
+        assert_ne!(nix::unistd::getpgid(Some(pid)).unwrap(), ours);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn a_daemon_that_stays_in_the_group_ng() {
+        let mut c = late_setsid("3");
+        let pid = Pid::from_raw(c.id() as i32);
+        let err = left_group(pid, nix::unistd::getpgrp(), Duration::from_millis(200)).unwrap_err();
+        assert!(err.to_string().contains("did not leave"), "{err}");
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
