@@ -1,6 +1,6 @@
 //! What checkpoint and restore read from a bundle's spec the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Mount, Spec};
 
@@ -63,6 +63,43 @@ fn mounts_of(pid: Option<i32>) -> Vec<procfs::process::MountInfo> {
     p.and_then(|p| p.mountinfo())
         .map(|m| m.0)
         .unwrap_or_default()
+}
+
+/// The v1 controllers libcgroups' manager places a container in.
+const MANAGED_V1: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// A container's cgroup directories on a v1 (or hybrid) host: one per v1
+/// hierarchy holding a controller libcgroups manages, found with one read
+/// of the mount table (libcgroups' manager reads it once per controller).
+/// None on a pure cgroup v2 host.
+pub fn v1_cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    let mut dirs = Vec::new();
+    for m in mounts_of(None) {
+        if m.fs_type == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup") {
+            return None;
+        }
+        if m.fs_type == "cgroup" && MANAGED_V1.iter().any(|c| m.super_options.contains_key(*c)) {
+            let d = m.mount_point.join(rel);
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    (!dirs.is_empty()).then_some(dirs)
 }
 
 /// cgroup filesystems mounted inside a running container (mount points as

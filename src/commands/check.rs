@@ -14,6 +14,7 @@ pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
         timeout: criu_timeout(ctx)?,
         work_dir: None,
         inherit_stdio: false,
+        tls: false,
     };
     super::kdat_cache(ctx, &cfg);
     let mut s = Session::start(cfg, None)?;

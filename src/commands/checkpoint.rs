@@ -47,11 +47,11 @@ pub fn criu_timeout(ctx: &Ctx) -> Result<Duration> {
 /// Facts about a running container that the CRIU request needs.
 pub(crate) fn container_facts(
     c: &Container,
+    spec: &oci_spec::runtime::Spec,
     pid: i32,
     freezer: Option<&janitor::Freezer>,
     dump_netns: bool,
 ) -> Result<(ContainerFacts, SpecFacts)> {
-    let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
     let root = spec.root().as_ref().context("config.json has no root")?;
     let rootfs = if root.path().is_absolute() {
         root.path().clone()
@@ -320,6 +320,7 @@ pub(crate) fn dump(
     // early error kills it.
     cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    tracing::debug!(phase = "janitor started", "checkpoint");
     // Post-copy without --status-fd: CRIU tells us when its page server
     // is ready, and we tell the user (stderr), who can start the restore.
     let ready = match (
@@ -337,7 +338,12 @@ pub(crate) fn dump(
         }
         _ => None,
     };
-    let mut session = super::start_criu_session(ctx, &opts.work_path, false, &mut janitor)?;
+    let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
+    let tls = opts.common.tls.is_some()
+        || opts.page_server.is_some()
+        || opts.common.lazy_pages
+        || crate::checkpoint::spec::criu_config_file(&spec).is_some();
+    let mut session = super::start_criu_session(ctx, &opts.work_path, false, tls, &mut janitor)?;
     if let Some((r, w, at)) = ready {
         drop(w);
         let id = opts.id.clone();
@@ -352,7 +358,7 @@ pub(crate) fn dump(
     // follows CRIU's answer), so it could not know the namespace was left
     // out: dumped.
     let dump_netns = opts.dump_netns || opts.common.lazy_pages;
-    let (facts, spec_facts) = container_facts(&c, pid, freezer.as_ref(), dump_netns)?;
+    let (facts, spec_facts) = container_facts(&c, &spec, pid, freezer.as_ref(), dump_netns)?;
     tracing::debug!(phase = "facts gathered", "checkpoint");
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
@@ -454,6 +460,7 @@ pub(crate) fn dump(
                 })?;
         }
         hooks.frozen();
+        tracing::debug!(phase = "frozen, dump sent", "checkpoint");
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
         let criu_time = sent.elapsed();
@@ -543,6 +550,7 @@ pub(crate) fn dump(
                 })?;
             }
             janitor.disarm();
+            tracing::debug!(phase = "manifest and stats written, thawed", "checkpoint");
             if chain.on {
                 if opts.pre_dump {
                     chain.append(&opts.image_path, newest.as_ref().map_or(0, |(n, _)| *n))?;
@@ -552,9 +560,8 @@ pub(crate) fn dump(
             }
             if !opts.leave_running {
                 // As runc: CRIU killed the container; remove it.
-                c.delete(true).with_context(|| {
-                    format!("checkpoint done, but failed to delete container \"{id}\"")
-                })?;
+                super::delete::remove_dumped(&mut c)
+                    .context("checkpoint done, but removing the container failed")?;
             }
             Ok(Dumped { report, kept: None })
         }

@@ -51,6 +51,69 @@ pub(crate) fn force_delete(c: &mut libcontainer::container::Container) -> Result
         .with_context(|| format!("failed to delete container \"{id}\""))
 }
 
+/// A container CRIU has just dumped (its tasks are dead or dying) removed,
+/// as `c.delete(true)` would, for less: libcontainer's v1 cgroup manager
+/// reads the mount table once per controller (~2 ms), and waits 100 ms
+/// before retrying a cgroup whose last task is still exiting. Here one read
+/// of the mount table, retries after 1, 2, 4… ms. Containers with poststop
+/// hooks, systemd cgroups, Intel RDT or a cgroup v2 host go through
+/// libcontainer as before.
+pub(crate) fn remove_dumped(c: &mut libcontainer::container::Container) -> Result<()> {
+    let id = c.id().to_string();
+    let plain = !c.systemd() && c.intel_rdt_dir().is_none();
+    let config = libcontainer::config::YoukiConfig::load(&c.root).ok();
+    let dirs = config
+        .as_ref()
+        .filter(|cfg| plain && cfg.hooks.as_ref().is_none_or(|h| h.poststop().is_none()))
+        .and_then(|cfg| crate::checkpoint::spec::v1_cgroup_dirs(&cfg.cgroup_path));
+    let Some(dirs) = dirs else {
+        return c
+            .delete(true)
+            .with_context(|| format!("failed to delete container \"{id}\""));
+    };
+    for d in dirs.iter().filter(|d| d.exists()) {
+        rmdir_cgroup(d).with_context(|| {
+            format!(
+                "failed to delete container \"{id}\": its cgroup {} stays",
+                d.display()
+            )
+        })?;
+    }
+    std::fs::remove_dir_all(&c.root).with_context(|| {
+        format!(
+            "failed to delete container \"{id}\": cannot remove {}",
+            c.root.display()
+        )
+    })
+}
+
+/// Remove an empty (or emptying) cgroup directory: a task that was just
+/// killed may still be exiting (EBUSY); any left is killed.
+fn rmdir_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut wait = std::time::Duration::from_millis(1);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && wait.as_millis() <= 512 => {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Before libcontainer removes the cgroups: SIGKILL every process of the
 /// container and wait (10 s at most) until they are gone. A frozen
 /// container is thawed only once the SIGKILLs are pending, so it runs no

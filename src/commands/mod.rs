@@ -108,6 +108,7 @@ pub fn start_criu_session(
     ctx: &Ctx,
     work_dir: &std::path::Path,
     inherit_stdio: bool,
+    tls: bool,
     janitor: &mut crate::criu::janitor::Janitor,
 ) -> Result<crate::criu::session::Session> {
     let cfg = crate::criu::session::SessionConfig {
@@ -115,6 +116,7 @@ pub fn start_criu_session(
         timeout: checkpoint::criu_timeout(ctx)?,
         work_dir: Some(work_dir.to_path_buf()),
         inherit_stdio,
+        tls,
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
     kdat_cache(ctx, &cfg);
@@ -161,9 +163,10 @@ pub fn criu_session(
     ctx: &Ctx,
     work_dir: &std::path::Path,
     inherit_stdio: bool,
+    tls: bool,
     janitor: &mut crate::criu::janitor::Janitor,
 ) -> Result<(crate::criu::session::Session, u32)> {
-    let mut session = start_criu_session(ctx, work_dir, inherit_stdio, janitor)?;
+    let mut session = start_criu_session(ctx, work_dir, inherit_stdio, tls, janitor)?;
     let version = criu_version_gate(ctx, &mut session)?;
     Ok((session, version))
 }

@@ -58,7 +58,8 @@ pub fn serve(
     let work = File::open(&work_path)?;
     let cancel = cancel::install().context("failed to install signal handlers")?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
-    let (mut session, _) = super::criu_session(ctx, &work_path, false, &mut janitor)?;
+    let (mut session, _) =
+        super::criu_session(ctx, &work_path, false, tls.is_some(), &mut janitor)?;
     let ps = page_server::start(
         &mut session,
         images.as_raw_fd(),

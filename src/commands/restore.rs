@@ -246,6 +246,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     };
 
     make_dir(&o.work_path, "work directory")?;
+    tracing::debug!(phase = "images and bundle checked", "restore");
 
     let spec = &bundle.spec;
     let root = spec.root().as_ref().context("config.json has no root")?;
@@ -302,6 +303,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // are prepared (it is asked nothing until the version gate).
         cancel::install().context("failed to install signal handlers")?;
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        tracing::debug!(phase = "janitor started", "restore");
         // CRIU inherits the namespace's fd: it must exist before CRIU starts.
         if let Some(t) = making_netns.take() {
             netns = Some(
@@ -309,7 +311,16 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))??,
             );
         }
-        let mut session = super::start_criu_session(ctx, &o.work_path, true, &mut janitor)?;
+        let mut session = super::start_criu_session(
+            ctx,
+            &o.work_path,
+            true,
+            o.common.tls.is_some()
+                || o.page_server.is_some()
+                || o.common.lazy_pages
+                || config_file.is_some(),
+            &mut janitor,
+        )?;
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
         undo.container_dir = Some(container_dir.clone());

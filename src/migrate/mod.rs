@@ -25,7 +25,8 @@ use crate::criu::janitor::Janitor;
 pub fn abilities(ctx: &Ctx, work: &std::path::Path) -> Result<wire::Abilities> {
     crate::commands::checkpoint::make_dir(work, "work directory")?;
     let mut janitor = Janitor::spawn()?;
-    let (mut session, version) = crate::commands::criu_session(ctx, work, false, &mut janitor)?;
+    let (mut session, version) =
+        crate::commands::criu_session(ctx, work, false, false, &mut janitor)?;
     let f = gates::features(&mut session)?;
     session.close();
     janitor.disarm();
