@@ -50,8 +50,8 @@ def timed(argv, measure_rss=False):
     return dt, rss
 
 
-def cycle(binary, root, bundle, cid, measure_rss=False):
-    base = [binary, "--root", root]
+def cycle(binary, root, bundle, cid, measure_rss=False, extra=()):
+    base = [binary, "--root", root, *extra]
     c, c_rss = timed(base + ["create", "--bundle", bundle, cid], measure_rss)
     s, s_rss = timed(base + ["start", cid], measure_rss)
     d, d_rss = timed(base + ["delete", "--force", cid], measure_rss)
@@ -72,10 +72,10 @@ def criu_seconds(log):
     return last
 
 
-def cr_cycle(binary, root, bundle, work, i):
+def cr_cycle(binary, root, bundle, work, i, extra=()):
     """Checkpoint a running busybox loop and restore it under another ID;
     images on tmpfs. Returns wall and CRIU times of both."""
-    base = [binary, "--root", root]
+    base = [binary, "--root", root, *extra]
     cid, rid = f"cr{i}", f"rs{i}"
     img = pathlib.Path(tempfile.mkdtemp(prefix="img-", dir="/dev/shm"))
     keep = []
@@ -146,11 +146,30 @@ def main():
     ap.add_argument("--out", default=str(TOP / "docs" / "performance.md"))
     ap.add_argument("--ours", default=str(TOP / "target" / "release" / "cntrlive-runtime"))
     ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
+    ap.add_argument("--no-kdat-cache", action="store_true",
+                    help="both runtimes' CRIU without its kernel facts cache (/run/criu.kdat removed, ours told "
+                         "not to keep it): what every CRIU run costs where /run is not a tmpfs; written to its "
+                         "own section")
     a = ap.parse_args()
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="cntrlive-bench-"))
+    ours_args = []
+    if a.no_kdat_cache:
+        cfg = work / "no-kdat.json"
+        cfg.write_text('{"criu": {"kdat_cache": false}}')
+        ours_args = ["--config", str(cfg)]
+        kdat = pathlib.Path("/run/criu.kdat")
+        if kdat.is_symlink():
+            kdat.unlink()
+        if kdat.exists():
+            raise SystemExit(f"{kdat} is not ours: remove it yourself to measure without it")
+    else:
+        # Ours keeps it (src/criu/kdat.rs); made here so that runc's first
+        # rounds find it too.
+        subprocess.run([a.ours, "check"], capture_output=True)
     bundle = make_bundle(work / "bundle", args=["true"])
     runtimes = {"cntrlive-runtime": a.ours, "runc": a.runc}
+    extra = {"cntrlive-runtime": ours_args, "runc": []}
     results = {name: [] for name in runtimes}
     rss = {name: [] for name in runtimes}
     rss_rounds = 6
@@ -161,7 +180,7 @@ def main():
                 order.reverse()
             measure_rss = i >= a.warmup + a.rounds
             for name, binary in order:
-                r = cycle(binary, str(work / f"root-{name}"), str(bundle), f"bench{i}", measure_rss)
+                r = cycle(binary, str(work / f"root-{name}"), str(bundle), f"bench{i}", measure_rss, extra[name])
                 if measure_rss:
                     rss[name].append(r["rss"])
                 elif i >= a.warmup:
@@ -173,7 +192,7 @@ def main():
             if i % 2:
                 order.reverse()
             for name, binary in order:
-                r = cr_cycle(binary, str(work / f"root-{name}"), str(cr_bundle), work, i)
+                r = cr_cycle(binary, str(work / f"root-{name}"), str(cr_bundle), work, i, extra[name])
                 if i >= 1:
                     cr[name].append(r)
     finally:
@@ -213,13 +232,20 @@ def main():
     text = "\n".join(table)
     print(text)
     out = pathlib.Path(a.out)
-    write_section(out, "lifecycle",
+    if a.no_kdat_cache:
+        subprocess.run([a.ours, "check"], capture_output=True)
+    cache = ("without CRIU's kernel facts cache for either runtime (`--no-kdat-cache`: /run/criu.kdat removed, "
+             "ours configured not to keep it)" if a.no_kdat_cache else
+             "with CRIU's kernel facts cache, which both runtimes' CRIU read (/run/criu.kdat, kept by ours: "
+             "src/criu/kdat.rs)")
+    write_section(out, "lifecycle-nokdat" if a.no_kdat_cache else "lifecycle",
                   (f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
                    f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
-                   f"interleaved (each round runs both runtimes, alternating which goes first).\n"
+                   f"interleaved (each round runs both runtimes, alternating which goes first), {cache}.\n"
                    f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
                    f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
-                   f"Command: `sudo hack/bench.sh` (= `hack/bench.py --rounds {a.rounds} --cr-rounds {a.cr_rounds}`)\n\n"
+                   f"Command: `sudo hack/bench.sh --rounds {a.rounds} --cr-rounds {a.cr_rounds}"
+                   f"{' --no-kdat-cache' if a.no_kdat_cache else ''}`\n\n"
                    f"{text}").splitlines())
     print(f"\nwritten to {out}")
 
