@@ -319,8 +319,6 @@ pub(crate) fn dump(
     // asked nothing until the version gate); dropping the session on an
     // early error kills it.
     cancel::install().context("failed to install signal handlers")?;
-    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
-    tracing::debug!(phase = "janitor started", "checkpoint");
     // Post-copy without --status-fd: CRIU tells us when its page server
     // is ready, and we tell the user (stderr), who can start the restore.
     let ready = match (
@@ -343,7 +341,10 @@ pub(crate) fn dump(
         || opts.page_server.is_some()
         || opts.common.lazy_pages
         || crate::checkpoint::spec::criu_config_file(&spec).is_some();
-    let mut session = super::start_criu_session(ctx, &opts.work_path, false, tls, &mut janitor)?;
+    let mut session = super::spawn_criu(ctx, &opts.work_path, false, tls)?;
+    let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    super::arm_janitor(&mut janitor, &session, &opts.work_path);
+    tracing::debug!(phase = "CRIU and the janitor started", "checkpoint");
     if let Some((r, w, at)) = ready {
         drop(w);
         let id = opts.id.clone();

@@ -111,6 +111,21 @@ pub fn start_criu_session(
     tls: bool,
     janitor: &mut crate::criu::janitor::Janitor,
 ) -> Result<crate::criu::session::Session> {
+    let session = spawn_criu(ctx, work_dir, inherit_stdio, tls)?;
+    arm_janitor(janitor, &session, work_dir);
+    Ok(session)
+}
+
+/// [`start_criu_session`] before the janitor exists (CRIU's start is on
+/// the critical path; the janitor's fork is not): until
+/// [`arm_janitor`], a runtime that dies closes CRIU's socket, and CRIU's
+/// swrk ends on that EOF by itself.
+pub fn spawn_criu(
+    ctx: &Ctx,
+    work_dir: &std::path::Path,
+    inherit_stdio: bool,
+    tls: bool,
+) -> Result<crate::criu::session::Session> {
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu.clone(),
         timeout: checkpoint::criu_timeout(ctx)?,
@@ -120,12 +135,20 @@ pub fn start_criu_session(
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
     kdat_cache(ctx, &cfg);
-    let session = crate::criu::session::Session::start(cfg, Some(cancel))?;
+    Ok(crate::criu::session::Session::start(cfg, Some(cancel))?)
+}
+
+/// The janitor kills CRIU's group and detaches its cgroup mounts if the
+/// runtime dies.
+pub fn arm_janitor(
+    janitor: &mut crate::criu::janitor::Janitor,
+    session: &crate::criu::session::Session,
+    work_dir: &std::path::Path,
+) {
     janitor.arm(crate::criu::janitor::Action::KillGroup(session.pgid()));
     janitor.arm(crate::criu::janitor::Action::UmountYards(
         work_dir.to_path_buf(),
     ));
-    Ok(session)
 }
 
 /// CRIU's kernel-facts cache (criu::kdat), unless the configuration says

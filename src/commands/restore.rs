@@ -111,11 +111,7 @@ impl Undo {
             let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
         }
         if let Some(m) = self.cgroup.take() {
-            if let Ok(pids) = m.get_all_pids() {
-                for p in pids {
-                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-                }
-            }
+            super::delete::kill_all_in(&m);
             let _ = m.remove();
         }
         self.unmount();
@@ -302,8 +298,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // CRIU starts first and initialises while the rootfs and cgroup
         // are prepared (it is asked nothing until the version gate).
         cancel::install().context("failed to install signal handlers")?;
-        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
-        tracing::debug!(phase = "janitor started", "restore");
         // CRIU inherits the namespace's fd: it must exist before CRIU starts.
         if let Some(t) = making_netns.take() {
             netns = Some(
@@ -311,7 +305,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))??,
             );
         }
-        let mut session = super::start_criu_session(
+        let mut session = super::spawn_criu(
             ctx,
             &o.work_path,
             true,
@@ -319,8 +313,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 || o.page_server.is_some()
                 || o.common.lazy_pages
                 || config_file.is_some(),
-            &mut janitor,
         )?;
+        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        super::arm_janitor(&mut janitor, &session, &o.work_path);
+        tracing::debug!(phase = "CRIU and the janitor started", "restore");
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
         undo.container_dir = Some(container_dir.clone());
