@@ -544,11 +544,12 @@ def test_loopback_only_netns_is_left_out_and_comes_back_alike(tmp_path):
 # ---- CRIU's kernel facts cache (src/criu/kdat.rs) ---------------------------
 
 KDAT = pathlib.Path("/run/criu.kdat")
-KDAT_FILE = pathlib.Path("/dev/shm/cntrlive-criu/criu.kdat")
+KDAT_DIR = pathlib.Path("/run/cntrlive-criu")
+KDAT_FILE = KDAT_DIR / "criu.kdat"
 
 
-def run_is_tmpfs():
-    return subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True,
+def run_is_tmpfs(path="/run"):
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
                           text=True).stdout.strip() == "tmpfs"
 
 
@@ -559,8 +560,9 @@ def kdat_loaded(log):
 
 def test_criu_kernel_facts_cache_is_kept_where_run_is_not_tmpfs(tmp_path):
     """Ours: where /run is no tmpfs CRIU writes no kernel facts cache and
-    probes the kernel on every run; we keep it for CRIU (a link into
-    /dev/shm, gone at reboot). After a "reboot" (our cache file gone) the
+    probes the kernel on every run; we keep it for CRIU (a link into a
+    tmpfs of ours on a root-only directory, gone at reboot). After a
+    "reboot" (our tmpfs unmounted, the link dangling) the
     next checkpoint writes it again, and from then on CRIU — ours and
     runc's — reads it instead of probing; with criu.kdat_cache false
     nothing is written. On a host whose /run is a tmpfs CRIU keeps it
@@ -576,13 +578,15 @@ def test_criu_kernel_facts_cache_is_kept_where_run_is_not_tmpfs(tmp_path):
     runc = [p for n, p in runtimes_under_test() if "cntrlive" not in n]
     try:
         b = make_bundle(tmp_path / "b")
-        # A reboot: /dev/shm is empty, the link dangles.
-        KDAT_FILE.unlink(missing_ok=True)
-        assert KDAT.is_symlink() or not KDAT.exists()
+        # A reboot: our tmpfs is gone, the link dangles.
+        while subprocess.run(["umount", str(KDAT_DIR)], capture_output=True).returncode == 0:
+            pass
+        assert not KDAT_FILE.exists() and (KDAT.is_symlink() or not KDAT.exists())
         rt.run_piped("run", "-d", "--bundle", b, "c1")
         wait_for(lambda: read_count(b) > 3, what="counter")
         rt.run("checkpoint", "--image-path", tmp_path / "img1", "c1")
         assert KDAT.is_symlink() and KDAT_FILE.stat().st_size > 0
+        assert run_is_tmpfs(KDAT_DIR) and oct(KDAT_DIR.stat().st_mode & 0o777) == "0o700"
         assert kdat_loaded(tmp_path / "img1" / "dump.log"), "CRIU probed although the cache was written first"
         at = read_count(b)
         rt.run_piped("restore", "-d", "--image-path", tmp_path / "img1", "--bundle", b, "c1")

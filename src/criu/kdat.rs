@@ -9,17 +9,20 @@
 //! again: 25–70 ms of every checkpoint and restore (docs/performance.md).
 //!
 //! CRIU *reads* the cache from any file system, following symlinks. So,
-//! when `/run` is not a tmpfs, `/dev/shm` is one, and nothing else sits at
-//! `/run/criu.kdat`, we let CRIU write its cache once into a directory of
-//! ours on `/dev/shm` — `criu check` in a private mount namespace where that
-//! directory is bind-mounted over `/run` — and point `/run/criu.kdat` at it
-//! with a symlink. After a reboot `/dev/shm` is empty: the link dangles,
-//! CRIU probes as it always did, and the next CRIU session of ours writes
-//! the cache again. A CRIU of another build finds the file "stale" (its
-//! build time is part of the magic), removes the link and probes; we write
-//! it again for that build. Any other `/run/criu.kdat` (a file, someone
-//! else's link) is left alone. Every CRIU on the host (runc's too) reads
-//! the cache, as it would on a host whose `/run` is a tmpfs.
+//! when `/run` is not a tmpfs and nothing else sits at `/run/criu.kdat`, we
+//! mount a small tmpfs of our own on `/run/cntrlive-criu` (a root-only
+//! directory), let CRIU write its cache once into it — `criu check` in a
+//! private mount namespace where it is bind-mounted over `/run` — and point
+//! `/run/criu.kdat` at it with a symlink. After a reboot the tmpfs is gone:
+//! the link dangles into an empty root-only directory (nobody else can put
+//! a file there — a world-writable place such as `/dev/shm` would let any
+//! user plant kernel "facts" for root's CRIU), CRIU probes as it always
+//! did, and the next CRIU session of ours mounts and writes it again. A
+//! CRIU of another build finds the file "stale" (its build time is part of
+//! the magic), removes the link and probes; we write it again for that
+//! build. Any other `/run/criu.kdat` (a file, someone else's link) is left
+//! alone. Every CRIU on the host (runc's too) reads the cache, as it would
+//! on a host whose `/run` is a tmpfs.
 //!
 //! Off with `{"criu": {"kdat_cache": false}}` in the configuration.
 
@@ -32,9 +35,9 @@ use std::time::{Duration, Instant};
 
 /// Where CRIU reads its cache (KDAT_RUNDIR "/" KERNDAT_CACHE_NAME).
 pub const CRIU_KDAT: &str = "/run/criu.kdat";
-/// Our directory on /dev/shm: bind-mounted over /run for CRIU to write its
-/// cache into, which /run/criu.kdat then points at.
-pub const CACHE_DIR: &str = "/dev/shm/cntrlive-criu";
+/// Our root-only directory with a tmpfs of ours on it: bind-mounted over
+/// /run for CRIU to write its cache into, which /run/criu.kdat points at.
+pub const CACHE_DIR: &str = "/run/cntrlive-criu";
 
 /// What [`ensure`] found or did (for `check` and the debug log).
 #[derive(Debug, PartialEq, Eq)]
@@ -74,16 +77,36 @@ fn link_state() -> Result<Option<bool>, String> {
     }
 }
 
-/// Our directory, owner-only, made by us (not a link, not someone else's).
+/// Our directory is owner-only, ours (not a link, not someone else's) and
+/// has our tmpfs on it (`/run` itself is not one).
+fn cache_dir_ok() -> bool {
+    std::fs::symlink_metadata(CACHE_DIR).is_ok_and(|m| {
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o077 == 0
+    }) && is_tmpfs(CACHE_DIR)
+}
+
+/// Make our directory and mount our tmpfs on it.
 fn cache_dir() -> Result<(), String> {
     let _ = std::fs::DirBuilder::new().mode(0o700).create(CACHE_DIR);
     let m = std::fs::symlink_metadata(CACHE_DIR).map_err(|e| format!("{CACHE_DIR}: {e}"))?;
-    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{CACHE_DIR} is not an owner-only directory of ours"
-        ));
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!("{CACHE_DIR} is not a directory of ours"));
     }
-    let _ = std::fs::set_permissions(CACHE_DIR, std::fs::Permissions::from_mode(0o700));
+    if !is_tmpfs(CACHE_DIR) {
+        let _ = std::fs::set_permissions(CACHE_DIR, std::fs::Permissions::from_mode(0o700));
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some("tmpfs"),
+            CACHE_DIR,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=1m,mode=0700"),
+        )
+        .map_err(|e| format!("cannot mount a tmpfs on {CACHE_DIR}: {e}"))?;
+    }
+    if !cache_dir_ok() {
+        return Err(format!("{CACHE_DIR} is not an owner-only tmpfs of ours"));
+    }
     Ok(())
 }
 
@@ -98,12 +121,9 @@ pub fn ensure(criu: &Path, deadline: Duration) -> State {
         return State::CriuKeepsIt;
     }
     match link_state() {
-        Ok(Some(true)) => return State::Kept,
+        Ok(Some(true)) if cache_dir_ok() => return State::Kept,
         Ok(_) => {}
         Err(why) => return State::NotOurs(why),
-    }
-    if !is_tmpfs("/dev/shm") {
-        return State::Failed("/dev/shm is not a tmpfs".into());
     }
     if let Err(why) = cache_dir() {
         return State::Failed(why);
