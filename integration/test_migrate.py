@@ -152,17 +152,25 @@ def test_destination_dies_while_it_restores(hosts, tmp_path):
     the source, seeing the connection drop before any confirmation, thaws
     its copy."""
     a, b = hosts
-    src = start_counter(a, tmp_path / "bundle", "c1")
+    # 256 MiB to restore: a few hundred ms, a window the test hits however
+    # fast the rest of a restore gets (a small counter's restore, ~45 ms
+    # since CRIU's kernel facts are cached, fell between 50 ms polls).
+    src = make_memwriter_bundle(tmp_path / "bundle", 256, 0)
+    a.rt.run_piped("run", "-d", "--bundle", src, "c1")
+    wait_for(lambda: read_mem_status(src)[0] > 20, timeout=30, what="memwriter to start")
     p = subprocess.Popen(a.rt.argv("migrate", "--tls-dir", a.tls, "--strategy", "stop-and-copy",
                                    "--dest-id", "c1-b", "c1", b.addr),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: pids_of(f"restore --detach --image-path {b.work}"), timeout=30,
-             what="the destination's restore")
+    deadline = time.monotonic() + 60
+    while not pids_of(f"restore --detach --image-path {b.work}"):
+        assert time.monotonic() < deadline and p.poll() is None, "the destination's restore never ran"
+        time.sleep(0.002)
     for pid in pids_of(f"migrate-receive .*{b.work}", parent=b.listener.pid):
         os.kill(pid, signal.SIGKILL)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
-    assert_runs_unfrozen_on(a, "c1", src)
+    assert_runs_unfrozen_on(a, "c1", src, count=lambda x: read_mem_status(x)[0])
+    assert read_mem_status(src)[2] == 1, "memory corrupted at the source"
     wait_for(lambda: b.rt.list_ids() == [], timeout=30, what="the destination's guard to remove its copy")
 
 
