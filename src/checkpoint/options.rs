@@ -132,6 +132,13 @@ impl Tls {
 }
 
 impl CriuCommon {
+    /// Whether CRIU may talk TLS in this operation (SessionConfig::tls):
+    /// `--tls`, post-copy, a page server, or a CRIU configuration file
+    /// that could ask for either.
+    pub fn may_use_tls(&self, page_server: bool, criu_config: bool) -> bool {
+        self.tls.is_some() || self.lazy_pages || page_server || criu_config
+    }
+
     pub fn from_flags(f: &CriuFlags) -> Result<CriuCommon> {
         Ok(CriuCommon {
             lazy_pages: f.lazy_pages,

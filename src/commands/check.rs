@@ -9,14 +9,28 @@ use crate::criu::session::{Session, SessionConfig};
 
 /// CRIU's version and features, probed in one session.
 pub fn probe(ctx: &Ctx) -> Result<(u32, Features)> {
+    probe_and_kdat(ctx).1
+}
+
+/// [`probe`], and what became of CRIU's kernel facts cache on the way
+/// (None: switched off in the configuration).
+fn probe_and_kdat(ctx: &Ctx) -> (Option<crate::criu::kdat::State>, Result<(u32, Features)>) {
+    let timeout = match criu_timeout(ctx) {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
     let cfg = SessionConfig {
         criu: ctx.global.criu.clone(),
-        timeout: criu_timeout(ctx)?,
+        timeout,
         work_dir: None,
         inherit_stdio: false,
         tls: false,
     };
-    super::kdat_cache(ctx, &cfg);
+    let kdat = super::kdat_cache(ctx, &cfg);
+    (kdat, session_probe(cfg))
+}
+
+fn session_probe(cfg: SessionConfig) -> Result<(u32, Features)> {
     let mut s = Session::start(cfg, None)?;
     let v = gates::version(&mut s)?;
     let f = gates::features(&mut s)?;
@@ -48,7 +62,8 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
         host.cgroup
     );
     let mut all = true;
-    match probe(ctx) {
+    let (kdat, probed) = probe_and_kdat(ctx);
+    match probed {
         Ok((v, f)) => {
             all &= line(
                 v >= MIN_VERSION,
@@ -123,35 +138,30 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
         },
     );
     line(host.userfaultfd, "userfaultfd(2) for this process", "");
-    kdat_line(ctx);
+    kdat_line(kdat);
     Ok(if all { 0 } else { 1 })
 }
 
 /// Whether CRIU finds its kernel facts cached (criu::kdat): without, every
-/// CRIU run probes the kernel again.
-fn kdat_line(ctx: &Ctx) {
-    use crate::criu::kdat::{State, CRIU_KDAT};
-    let on = crate::config::Config::load(ctx.global.config.as_deref())
-        .map(|c| c.criu.kdat_cache)
-        .unwrap_or(true);
-    // probe() above has just made it, if it could.
-    let state = if on {
-        crate::criu::kdat::ensure(&ctx.global.criu, std::time::Duration::from_secs(10))
-    } else {
-        State::NotOurs("criu.kdat_cache is false in the configuration".into())
-    };
+/// CRIU run probes the kernel again. `state`: what the probe's session
+/// found or did (None: switched off in the configuration).
+fn kdat_line(state: Option<crate::criu::kdat::State>) {
+    use crate::criu::kdat::{State, CACHE_DIR, CRIU_KDAT};
     let (ok, why) = match state {
-        State::CriuKeepsIt => (true, "/run is a tmpfs: CRIU keeps it".to_string()),
-        State::Kept | State::Written => (
+        Some(State::CriuKeepsIt) => (true, "/run is a tmpfs: CRIU keeps it".to_string()),
+        Some(State::Kept | State::Written) => (
             true,
-            format!(
-                "/run is not a tmpfs; {CRIU_KDAT} points at {}",
-                crate::criu::kdat::CACHE_DIR
-            ),
+            format!("/run is not a tmpfs; {CRIU_KDAT} points at {CACHE_DIR}"),
         ),
-        State::NotOurs(why) | State::Failed(why) => (
+        None | Some(State::NotOurs(_) | State::Failed(_)) => (
             std::path::Path::new(CRIU_KDAT).exists(),
-            format!("{why}; without it CRIU probes the kernel on every run (+25-70 ms)"),
+            format!(
+                "{}; without it CRIU probes the kernel on every run (+25-70 ms)",
+                match state {
+                    Some(State::NotOurs(why) | State::Failed(why)) => why,
+                    _ => "criu.kdat_cache is false in the configuration".to_string(),
+                }
+            ),
         ),
     };
     line(ok, "CRIU's kernel facts cache", &why);

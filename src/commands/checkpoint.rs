@@ -269,7 +269,7 @@ pub(crate) fn dump(
     hooks: &mut dyn Hooks,
 ) -> Result<Dumped> {
     let started = Instant::now();
-    let cfg = crate::config::Config::load(ctx.global.config.as_deref())?.checkpoint;
+    let cfg = ctx.config()?.checkpoint.clone();
     if cfg.pre_dump_on_leave_running
         && leave_running_flag
         && !opts.pre_dump
@@ -337,10 +337,10 @@ pub(crate) fn dump(
         _ => None,
     };
     let spec = crate::bundle::parse_config(&c.bundle().join("config.json"))?;
-    let tls = opts.common.tls.is_some()
-        || opts.page_server.is_some()
-        || opts.common.lazy_pages
-        || crate::checkpoint::spec::criu_config_file(&spec).is_some();
+    let tls = opts.common.may_use_tls(
+        opts.page_server.is_some(),
+        crate::checkpoint::spec::criu_config_file(&spec).is_some(),
+    );
     let mut session = super::spawn_criu(ctx, &opts.work_path, false, tls)?;
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
     super::arm_janitor(&mut janitor, &session, &opts.work_path);

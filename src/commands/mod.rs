@@ -34,6 +34,8 @@ pub mod update;
 pub struct Ctx {
     pub store: Store,
     pub global: GlobalOpts,
+    /// The configuration file, read once ([`Ctx::config`]).
+    config: std::sync::OnceLock<crate::config::Config>,
 }
 
 impl Ctx {
@@ -41,7 +43,18 @@ impl Ctx {
         Ctx {
             store: Store::new(global.root.clone()),
             global,
+            config: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The runtime's configuration (`--config`, or the default path if
+    /// present), read on first use only.
+    pub fn config(&self) -> Result<&crate::config::Config> {
+        if let Some(c) = self.config.get() {
+            return Ok(c);
+        }
+        let c = crate::config::Config::load(self.global.config.as_deref())?;
+        Ok(self.config.get_or_init(|| c))
     }
 
     /// The global flags a child of ours must get to act on the same host.
@@ -152,18 +165,21 @@ pub fn arm_janitor(
 }
 
 /// CRIU's kernel-facts cache (criu::kdat), unless the configuration says
-/// no; a failure only costs CRIU its probes, as before.
-pub fn kdat_cache(ctx: &Ctx, cfg: &crate::criu::session::SessionConfig) {
-    let on = crate::config::Config::load(ctx.global.config.as_deref())
-        .map(|c| c.criu.kdat_cache)
-        .unwrap_or(true);
-    if on {
-        let state = crate::criu::kdat::ensure(
-            &cfg.criu,
-            cfg.timeout.min(std::time::Duration::from_secs(10)),
-        );
-        tracing::debug!(?state, "CRIU's kernel facts cache");
+/// no (None); a failure only costs CRIU its probes, as before.
+pub fn kdat_cache(
+    ctx: &Ctx,
+    cfg: &crate::criu::session::SessionConfig,
+) -> Option<crate::criu::kdat::State> {
+    let on = ctx.config().map(|c| c.criu.kdat_cache).unwrap_or(true);
+    if !on {
+        return None;
     }
+    let state = crate::criu::kdat::ensure(
+        &cfg.criu,
+        cfg.timeout.min(std::time::Duration::from_secs(10)),
+    );
+    tracing::debug!(?state, "CRIU's kernel facts cache");
+    Some(state)
 }
 
 /// VERSION, refused below [`MIN_VERSION`](crate::criu::gates::MIN_VERSION).

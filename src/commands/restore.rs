@@ -309,10 +309,8 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             ctx,
             &o.work_path,
             true,
-            o.common.tls.is_some()
-                || o.page_server.is_some()
-                || o.common.lazy_pages
-                || config_file.is_some(),
+            o.common
+                .may_use_tls(o.page_server.is_some(), config_file.is_some()),
         )?;
         let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         super::arm_janitor(&mut janitor, &session, &o.work_path);

@@ -265,6 +265,15 @@ struct Receive<'a> {
     started: Instant,
 }
 
+/// Tell the source why this destination will not take its container, and
+/// fail with the same words.
+fn refuse(w: &mut Wire, reason: String) -> Result<()> {
+    w.send(&Msg::Refused {
+        reason: reason.clone(),
+    })?;
+    bail!("{reason}")
+}
+
 impl Receive<'_> {
     fn run(&mut self, w: &mut Wire, work_root: &Path) -> Result<()> {
         let Msg::Hello {
@@ -280,12 +289,6 @@ impl Receive<'_> {
         } = w.recv()?
         else {
             bail!("protocol error: the source did not start with hello");
-        };
-        let refuse = |w: &mut Wire, reason: String| -> Result<()> {
-            w.send(&Msg::Refused {
-                reason: reason.clone(),
-            })?;
-            bail!("{reason}")
         };
         if version != VERSION {
             return refuse(
@@ -505,10 +508,8 @@ impl Receive<'_> {
         Ok((tree, self.dir.join("images")))
     }
 
-    /// Docker-managed: create the twin at this host's dockerd (refused if
-    /// the name is taken, the image is missing or differs, the runtime is
-    /// unknown). Its checkpoint directory and writable layer.
-    /// Admission control ([`admit`]): no room → `NoRoom` to the source.
+    /// Admission control ([`admit`]): no room → `NoRoom` to the source;
+    /// a failing mechanism → a plain refusal.
     fn admit(&self, w: &mut Wire, work_root: &Path, id: &str, memory: u64) -> Result<()> {
         match admit(self.ctx, work_root, id, memory, &self.admission) {
             Ok(None) => Ok(()),
@@ -518,16 +519,13 @@ impl Receive<'_> {
                 })?;
                 bail!("no room for \"{id}\": {why}")
             }
-            Err(e) => {
-                let reason = format!("admission control failed: {e:#}");
-                w.send(&Msg::Refused {
-                    reason: reason.clone(),
-                })?;
-                bail!("{reason}")
-            }
+            Err(e) => refuse(w, format!("admission control failed: {e:#}")),
         }
     }
 
+    /// Docker-managed: create the twin at this host's dockerd (refused if
+    /// the name is taken, the image is missing or differs, the runtime is
+    /// unknown). Its checkpoint directory and writable layer.
     fn prepare_twin(&mut self, name: &str, d: &DockerTwin) -> Result<(PathBuf, PathBuf)> {
         let host = self.docker.docker_host.clone().context(
             "this destination takes no docker-managed containers: start migrate-listen with --docker-host unix:///var/run/docker.sock",
