@@ -274,6 +274,18 @@ def test_lazy_migration_when_the_network_is_cut(tmp_path):
         wait_for(result.exists, timeout=60, what="the lazy-pages supervisor's verdict")
         verdict = json.loads(result.read_text())
         assert not verdict["ok"] and verdict["container_killed"], verdict
+        # The supervisor gives up delivering its verdict after 15 s
+        # (lazy::VERDICT_DELIVERY), each connect bounded: a connect into the
+        # cut link once kept it alive ~2 minutes.
+        def supervisor_gone():
+            for p in pathlib.Path("/proc").iterdir():
+                try:
+                    if str(dst) in (p / "cmdline").read_bytes().decode(errors="replace"):
+                        return False
+                except OSError:
+                    pass
+            return True
+        wait_for(supervisor_gone, timeout=15 + 10, what="the destination's supervisor to end")
         rt.cleanup()
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)

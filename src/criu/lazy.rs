@@ -370,10 +370,32 @@ pub fn await_verdict(address: &str, port: u16, deadline: Instant) -> Result<(), 
 
 /// Restoring side: deliver the verdict; true once the dumping side acked.
 fn deliver_verdict(source: &PageServer, line: &str) -> bool {
-    use std::net::TcpStream;
-    let until = Instant::now() + VERDICT_DELIVERY;
+    deliver_within(source, line, VERDICT_DELIVERY)
+}
+
+fn deliver_within(source: &PageServer, line: &str, window: Duration) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let until = Instant::now() + window;
+    // Each connect bounded: where the network is cut (no RST), a plain
+    // connect waits out the kernel's SYN retries (~2 min), and the
+    // supervisor outlived its 15 s by that much (found by
+    // test_lazy_migration_when_the_network_is_cut: a supervisor still in
+    // connect() two minutes later).
+    let connect = |until: Instant| -> Option<TcpStream> {
+        let addrs = (source.address.as_str(), source.port)
+            .to_socket_addrs()
+            .ok()?;
+        addrs.into_iter().find_map(|a| {
+            let left = until.saturating_duration_since(Instant::now());
+            TcpStream::connect_timeout(
+                &a,
+                left.clamp(Duration::from_millis(10), Duration::from_secs(2)),
+            )
+            .ok()
+        })
+    };
     while Instant::now() < until {
-        if let Ok(mut c) = TcpStream::connect((source.address.as_str(), source.port)) {
+        if let Some(mut c) = connect(until) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
             if c.write_all(format!("{line}\n").as_bytes()).is_ok() {
                 let mut ack = String::new();
@@ -402,5 +424,38 @@ pub fn failure(work: &Path, wait: Duration) -> Option<String> {
         Some(v.get("detail")?.as_str()?.to_string())
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connect that gets no answer at all (SYNs dropped, as on a cut
+    /// link) does not hold the delivery past its window.
+    #[test]
+    fn verdict_delivery_ends_in_its_window_when_syns_go_unanswered() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Backlog 0: one queued connection fills the accept queue; the
+        // kernel then drops every further SYN (no RST, no answer).
+        // SAFETY: listen on a socket we own.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let port = l.local_addr().unwrap().port();
+        let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _queued2 = std::net::TcpStream::connect_timeout(
+            &l.local_addr().unwrap(),
+            Duration::from_millis(200),
+        );
+        let source = PageServer {
+            address: "127.0.0.1".into(),
+            port,
+        };
+        let t = Instant::now();
+        assert!(!deliver_within(&source, VERDICT_OK, Duration::from_secs(1)));
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
     }
 }
