@@ -7,6 +7,7 @@
 //! here and becomes one log line plus exit status 1, as runc's `fatal`.
 
 mod argv;
+mod backoff;
 mod batch;
 mod bundle;
 mod checkpoint;

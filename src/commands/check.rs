@@ -139,7 +139,111 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
     );
     line(host.userfaultfd, "userfaultfd(2) for this process", "");
     kdat_line(kdat);
+    cgroup_migration_line();
     Ok(if all { 0 } else { 1 })
+}
+
+/// Cgroup hierarchies mounted with `favordynmods` (mount point, from the
+/// super options of a mountinfo text), and the cgroup2 mount point.
+fn favordynmods(text: &str) -> (Vec<String>, Option<String>) {
+    let mut on = Vec::new();
+    let mut v2 = None;
+    for l in text.lines() {
+        let Some((left, right)) = l.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let (fstype, _source, opts) = (r.next(), r.next(), r.next().unwrap_or(""));
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        match fstype {
+            Some("cgroup2") => v2 = v2.or(Some(point.to_string())),
+            Some("cgroup") => {}
+            _ => continue,
+        }
+        if opts.split(',').any(|o| o == "favordynmods") {
+            on.push(point.to_string());
+        }
+    }
+    (on, v2)
+}
+
+/// How long moving this process into its own cgroup takes (a no-op move,
+/// which takes the same lock as a real one), or None if it cannot write
+/// there.
+fn cgroup_move_time() -> Option<std::time::Duration> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let procs = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        let base = match ctrl {
+            "" => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .into_iter()
+                .find(|b| std::path::Path::new(b).join("cgroup.procs").exists())?
+                .to_string(),
+            c if c.starts_with("name=") => return None,
+            c => {
+                let b = format!("/sys/fs/cgroup/{c}");
+                std::path::Path::new(&b).is_dir().then_some(b)?
+            }
+        };
+        Some(
+            std::path::Path::new(&base)
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs"),
+        )
+    })?;
+    let t = std::time::Instant::now();
+    std::fs::write(procs, std::process::id().to_string()).ok()?;
+    Some(t.elapsed())
+}
+
+/// Whether moving a task between cgroups waits for an RCU grace period.
+/// Every restore moves CRIU into the container's cgroup (runc does too);
+/// the kernel's cgroup_threadgroup_rwsem makes the first such move after a
+/// quiet spell wait one grace period (~8 ms here) unless a hierarchy is, or
+/// was, mounted with `favordynmods` (docs/performance.md). Measured, since
+/// on 6.18 the mount option can vanish from the mount table while its
+/// effect stays. Informational: a host setting with a cost of its own, not
+/// ours to change.
+fn cgroup_migration_line() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let (on, v2) = favordynmods(&mountinfo);
+    let what = "cgroup moves without an RCU grace period";
+    let option = match on.first() {
+        Some(p) => format!("favordynmods on {p}"),
+        None => "no hierarchy mounted with favordynmods".to_string(),
+    };
+    match cgroup_move_time() {
+        None => {
+            line(
+                false,
+                what,
+                &format!("cannot tell (no cgroup.procs of this process to write); {option}"),
+            );
+        }
+        Some(t) if t < std::time::Duration::from_millis(2) => {
+            line(
+                true,
+                what,
+                &format!("a move took {:.2} ms; {option}", t.as_secs_f64() * 1e3),
+            );
+        }
+        Some(t) => {
+            line(
+                false,
+                what,
+                &format!(
+                    "a move took {:.1} ms: each restore pays this to move CRIU into the container's \
+                     cgroup; `mount -o remount,favordynmods {}` removes it (kernel >= 6.0), at the \
+                     cost of slightly slower fork and exit host-wide; since 6.18 it stays on until reboot",
+                    t.as_secs_f64() * 1e3,
+                    v2.as_deref().unwrap_or("<a cgroup mount>")
+                ),
+            );
+        }
+    }
 }
 
 /// Whether CRIU finds its kernel facts cached (criu::kdat): without, every
@@ -165,4 +269,26 @@ fn kdat_line(state: Option<crate::criu::kdat::State>) {
         ),
     };
     line(ok, "CRIU's kernel facts cache", &why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn favordynmods_is_read_from_the_super_options() {
+        let off =
+            "35 25 0:30 / /sys/fs/cgroup/pids rw,relatime shared:15 - cgroup cgroup rw,pids\n\
+                   44 25 0:39 / /sys/fs/cgroup/unified rw,relatime shared:24 - cgroup2 cgroup2 rw\n\
+                   50 25 0:40 / /run/x rw - tmpfs favordynmods rw,favordynmods\n";
+        assert_eq!(
+            favordynmods(off),
+            (vec![], Some("/sys/fs/cgroup/unified".to_string()))
+        );
+        let on = off.replace("cgroup2 cgroup2 rw", "cgroup2 cgroup2 rw,favordynmods");
+        assert_eq!(
+            favordynmods(&on).0,
+            vec!["/sys/fs/cgroup/unified".to_string()]
+        );
+    }
 }

@@ -78,13 +78,13 @@ pub(crate) fn container_facts(
             inside.exists() && !inside.is_dir()
         })
         .collect();
-    let config_file = crate::checkpoint::spec::criu_config_file(&spec);
+    let config_file = crate::checkpoint::spec::criu_config_file(spec);
     let loopback = loopback_only(pid);
-    let mut ext_netns = external_netns(&spec)?;
+    let mut ext_netns = external_netns(spec)?;
     // A loopback-only namespace of its own is left out (checkpoint::netns).
     let fresh_netns = if !dump_netns
         && ext_netns.is_none()
-        && crate::checkpoint::netns::skippable(pid, loopback, &spec)
+        && crate::checkpoint::netns::skippable(pid, loopback, spec)
     {
         use std::os::unix::fs::MetadataExt;
         ext_netns = Some(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino());
@@ -107,7 +107,7 @@ pub(crate) fn container_facts(
             external_netns: ext_netns,
             fresh_netns,
         },
-        SpecFacts::of(&spec),
+        SpecFacts::of(spec),
     ))
 }
 
@@ -466,8 +466,9 @@ pub(crate) fn dump(
         session.request(&req, &mut AcceptAll)?;
         let criu_time = sent.elapsed();
         tracing::debug!(phase = "CRIU dump done", "checkpoint");
-        session.close();
         if opts.lazy_confirm {
+            // CRIU's page server ends with the session.
+            session.end();
             // Post-copy: CRIU left the tasks alive and frozen; only the
             // restoring side's word says whether it has every page.
             let ps = opts
@@ -534,6 +535,7 @@ pub(crate) fn dump(
             }
             if opts.keep_frozen && !opts.pre_dump {
                 // The caller ends it (migrate); the janitor stays armed.
+                session.end();
                 return Ok(Dumped {
                     report,
                     kept: Some(Kept {
@@ -564,6 +566,9 @@ pub(crate) fn dump(
                 super::delete::remove_dumped(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
+            // CRIU exits after its answer; reaped last, its exit overlapping
+            // the work above (on an error return, dropping it kills it).
+            session.end();
             Ok(Dumped { report, kept: None })
         }
         Err(err) => {

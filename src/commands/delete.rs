@@ -90,12 +90,13 @@ pub(crate) fn remove_dumped(c: &mut libcontainer::container::Container) -> Resul
 /// Remove an empty (or emptying) cgroup directory: a task that was just
 /// killed may still be exiting (EBUSY); any left is killed.
 fn rmdir_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut wait = std::time::Duration::from_millis(1);
+    let mut backoff = crate::backoff::Backoff::new(std::time::Duration::from_millis(256));
+    let mut waited = std::time::Duration::ZERO;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && wait.as_millis() <= 512 => {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited.as_millis() < 1024 => {
                 for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
                     .unwrap_or_default()
                     .lines()
@@ -106,8 +107,7 @@ fn rmdir_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                std::thread::sleep(wait);
-                wait *= 2;
+                waited += backoff.sleep();
             }
             Err(e) => return Err(e),
         }

@@ -231,9 +231,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         (Some(p), _) => {
             let f = File::open(&p)
                 .with_context(|| format!("cannot open the network namespace {}", p.display()))?;
-            // Inherited without CLOEXEC, and well above fd 3, which CRIU's
-            // swrk socket takes in the child (a netns fd that happened to
-            // be 3 was replaced by it: "Can't setns …: Invalid argument").
+            // Inherited without CLOEXEC, and well above the low fds (when
+            // CRIU's socket was moved to fd 3 in the child, a netns fd that
+            // happened to be 3 was replaced by it: "Can't setns …: Invalid
+            // argument").
             let high = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(100))?;
             // SAFETY: a fresh fd we own.
             Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(high) })
@@ -296,7 +297,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let mut criu_time = std::time::Duration::ZERO;
     let result = (|| -> Result<(i32, u32)> {
         // CRIU starts first and initialises while the rootfs and cgroup
-        // are prepared (it is asked nothing until the version gate).
+        // are prepared, CRIU is moved into that cgroup and the request is
+        // built (it is asked nothing until the version gate; a refusal
+        // there undoes all of it).
         cancel::install().context("failed to install signal handlers")?;
         // CRIU inherits the namespace's fd: it must exist before CRIU starts.
         if let Some(t) = making_netns.take() {
@@ -347,28 +350,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         tracing::debug!(phase = "cgroup manager created", "restore");
 
         janitor.arm(Action::Umount(criu_root.clone()));
-        let version = super::criu_version_gate(ctx, &mut session)?;
-        tracing::debug!(phase = "CRIU started, version checked", "restore");
-        if let Some(m) = &manifest {
-            m.check_criu(version)?;
-        }
-        if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
-            bail!(gates::lazy_pages_missing());
-        }
-        // Post-copy: our supervisor starts CRIU's lazy-pages daemon, which
-        // fetches the pages from the dumping side (killed if we fail).
-        let lazy = match &o.page_server {
-            Some(ps) => Some(LazyPages::start(
-                Path::new(&ctx.global.criu),
-                &o.image_path,
-                &o.work_path,
-                ps,
-                o.common.tls.as_ref(),
-                criu_timeout(ctx)?,
-            )?),
-            None => None,
-        };
-        tracing::debug!(phase = "lazy-pages daemon listening", "restore");
         // CRIU itself goes into the container's cgroup, so the tasks it
         // restores land there (runc's criuApplyCgroups).
         manager
@@ -422,6 +403,28 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let images = File::open(&o.image_path)?;
         let work = File::open(&o.work_path)?;
         let req = restore_request(&o, &facts, images.as_raw_fd(), work.as_raw_fd());
+        let version = super::criu_version_gate(ctx, &mut session)?;
+        tracing::debug!(phase = "CRIU started, version checked", "restore");
+        if let Some(m) = &manifest {
+            m.check_criu(version)?;
+        }
+        if o.common.lazy_pages && !gates::features(&mut session)?.lazy_pages {
+            bail!(gates::lazy_pages_missing());
+        }
+        // Post-copy: our supervisor starts CRIU's lazy-pages daemon, which
+        // fetches the pages from the dumping side (killed if we fail).
+        let lazy = match &o.page_server {
+            Some(ps) => Some(LazyPages::start(
+                Path::new(&ctx.global.criu),
+                &o.image_path,
+                &o.work_path,
+                ps,
+                o.common.tls.as_ref(),
+                criu_timeout(ctx)?,
+            )?),
+            None => None,
+        };
+        tracing::debug!(phase = "lazy-pages daemon listening", "restore");
         let mut notify = RestoreNotify {
             console_socket: args.launch.console_socket.as_deref(),
             pid: None,
@@ -441,8 +444,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             .or(notified)
             .context("CRIU did not say which pid it restored")?;
         undo.pid = Some(pid);
-        session.close();
-        undo.unmount();
 
         // Register: the container is now like a created-and-started one.
         let mut c = Container::new(
@@ -463,6 +464,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             .context("failed to save the container's config")?;
         c.save().context("failed to save the container's state")?;
         tracing::debug!(phase = "registered", "restore");
+        // CRIU exits after its answer: reaped once the container is
+        // registered, not before (its exit overlaps the registration).
+        session.close();
+        undo.unmount();
         if let Some(pid_file) = &args.launch.pid_file {
             std::fs::write(pid_file, pid.to_string())
                 .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;

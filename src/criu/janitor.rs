@@ -329,8 +329,8 @@ impl Freezer {
         self.file.ends_with("cgroup.freeze")
     }
 
-    /// Freeze the cgroup and wait until it is frozen, polling every 1, 2,
-    /// 4… ms (at most 10 ms) until `deadline`.
+    /// Freeze the cgroup and wait until it is frozen, polling after 0.1,
+    /// 0.2, 0.4… ms (at most 10 ms apart) until `deadline`.
     ///
     /// CRIU freezes the cgroup itself when it finds it thawed, but polls
     /// its state every 100 ms: a freeze that is not complete at the first
@@ -349,7 +349,7 @@ impl Freezer {
                     .unwrap_or(false)
             }
         };
-        let mut step = std::time::Duration::from_millis(1);
+        let mut backoff = crate::backoff::Backoff::new(std::time::Duration::from_millis(10));
         loop {
             if done() {
                 return Ok(());
@@ -360,8 +360,7 @@ impl Freezer {
                     "the container did not freeze before the deadline (often a task in uninterruptible sleep, D state)",
                 ));
             }
-            std::thread::sleep(step);
-            step = (step * 2).min(std::time::Duration::from_millis(10));
+            backoff.sleep();
         }
     }
 

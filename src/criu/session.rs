@@ -174,6 +174,8 @@ pub struct Session {
     cfg: SessionConfig,
     cancel: Option<&'static CancelToken>,
     reaped: bool,
+    /// [`end`](Session::end) ran.
+    ended: bool,
     /// Requests answered so far (for messages).
     pub answered: usize,
 }
@@ -204,9 +206,25 @@ pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Held while an fd is made inheritable for one spawn, so that two
+/// sessions started on two threads do not hand each other their sockets.
+static INHERIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
 impl Session {
-    /// Spawn `criu swrk 3` in its own process group with one end of a
-    /// SOCK_SEQPACKET socketpair as fd 3.
+    /// Spawn `criu swrk N` in its own process group, N being CRIU's end of
+    /// a SOCK_SEQPACKET socketpair (the same fd number as ours).
     pub fn start(
         cfg: SessionConfig,
         cancel: Option<&'static CancelToken>,
@@ -230,7 +248,9 @@ impl Session {
             None => Stdio::null(),
         };
         let mut cmd = Command::new(&cfg.criu);
-        cmd.args(["swrk", "3"]);
+        // CRIU is told which fd its socket is (runc passes 3 through
+        // ExtraFiles; any number does).
+        cmd.arg("swrk").arg(child_fd.to_string());
         if !cfg.tls && !criu_default_config_present() {
             cmd.env("GNUTLS_NO_IMPLICIT_INIT", "1");
         }
@@ -244,30 +264,22 @@ impl Session {
                 .stdout(Stdio::null())
                 .stderr(stderr);
         }
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if child_fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(child_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Own process group: the whole of CRIU (it forks helpers)
-                // can be killed at once.
-                if libc::setpgid(0, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Signals the runtime blocked must not stay blocked in CRIU.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(spawn_err)?;
+        // Own process group: the whole of CRIU (it forks helpers) can be
+        // killed at once. No pre_exec hook: std then spawns through
+        // posix_spawn (clone with CLONE_VM|CLONE_VFORK), which copies no
+        // page tables — a fork of the runtime cost ~0.3 ms here, and made
+        // every page the runtime wrote afterwards fault once more. The
+        // child's signal mask is emptied by std either way.
+        cmd.process_group(0);
+        // CRIU's end is inherited only across this spawn: close-on-exec
+        // again at once, so no later child (the janitor) holds it and a
+        // crashed CRIU reads as EOF.
+        let _inherit = INHERIT.lock().unwrap_or_else(|e| e.into_inner());
+        set_cloexec(child_fd, false).map_err(spawn_err)?;
+        let spawned = cmd.spawn();
+        let _ = set_cloexec(child_fd, true);
+        drop(_inherit);
+        let child = spawned.map_err(spawn_err)?;
         // Close CRIU's end here at once: if CRIU crashes we read EOF instead
         // of waiting forever (runc's criuSwrk does the same).
         drop(theirs);
@@ -290,6 +302,7 @@ impl Session {
             cfg,
             cancel,
             reaped: false,
+            ended: false,
             answered: 0,
         })
     }
@@ -637,6 +650,16 @@ impl Session {
     /// End the session deliberately: shut our end down so CRIU's next recv
     /// fails and it exits; reap it, killing its group after [`EXIT_GRACE`].
     pub fn close(mut self) -> Option<WaitStatus> {
+        self.end()
+    }
+
+    /// [`close`](Self::close) without giving the session up, for a caller
+    /// that ends it on one path and later on another; a second call does
+    /// nothing (None).
+    pub fn end(&mut self) -> Option<WaitStatus> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
         let _ = shutdown(self.sock.as_raw_fd(), Shutdown::Both);
         let st = self.wait_exit(EXIT_GRACE);
         if st.is_none() {
