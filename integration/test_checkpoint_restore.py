@@ -274,7 +274,7 @@ FAT = ("x=$(head -c 150000000 /dev/zero | tr '\\0' a); "
        "i=0; while true; do i=$((i+1)); echo $i > /tmp/.count; mv /tmp/.count /tmp/count; sleep 0.1; done")
 
 
-@pytest.mark.parametrize("case", ["sigkill-criu", "sigstop-criu", "sigterm-runtime"])
+@pytest.mark.parametrize("case", ["sigkill-criu", "sigstop-criu", "sigterm-runtime", "sigkill-runtime"])
 def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     b = make_bundle(tmp_path / "b", args=["sh", "-c", FAT])
     rt.run_piped("run", "-d", "--bundle", b, "c1")
@@ -304,6 +304,8 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
                 elif case == "sigstop-criu":
                     for c in crius:
                         os.kill(c, signal.SIGSTOP)
+                elif case == "sigkill-runtime":
+                    os.kill(p.pid, signal.SIGKILL)
                 else:
                     os.kill(p.pid, signal.SIGTERM)
                 acted = True
@@ -328,6 +330,12 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
         except ProcessLookupError:
             pass
     registered = "c2" in rt.list_ids()
+    # What a runtime killed outright leaves to its guard (ours: the janitor,
+    # which runs once the runtime is gone).
+    cg_name = ":youki:c2" if rt.name == "cntrlive" else "c2"  # each one's default cgroup path
+    cgroups = lambda: [str(d) for d in pathlib.Path("/sys/fs/cgroup").glob(f"*/{cg_name}") if d.is_dir()]
+    cgroups_left = wait_gone(cgroups, 3.0)
+    state_dir_left = (rt.root / "c2").exists()
     time.sleep(0.3)
     m1 = read_count(b2)
     time.sleep(0.5)
@@ -338,18 +346,29 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     record(scenario=f"restore:{case}", runtime=rt.name, exit=p.returncode, seconds=round(elapsed, 2), hung=hung,
            cgroup_mounts_left=len(yards),
            criu_leaked=len(leaked), registered=registered, restored_tree_running=half_running,
-           criu_root_mounts=len(mounts), acted=acted, error=(err or "").strip()[-300:])
+           criu_root_mounts=len(mounts), acted=acted, cgroups_left=len(cgroups_left),
+           state_dir_left=state_dir_left, error=(err or "").strip()[-300:])
     p.stdout.close()
     if rt.name != "cntrlive":
         detach(mounts + yards)  # what runc leaked: recorded above, cleaned here
+        for d in cgroups_left:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
         return
     if not acted:
         pytest.fail("restore finished before the fault could be injected")
-    assert not hung and p.returncode == 1, err
-    assert {"sigkill-criu": "killed by SIGKILL", "sigstop-criu": "state T",
-            "sigterm-runtime": "cancelled by signal SIGTERM"}[case] in err, err
-    assert "nothing was left running or registered" in err
+    if case == "sigkill-runtime":
+        assert not hung and p.returncode == -signal.SIGKILL, err
+    else:
+        assert not hung and p.returncode == 1, err
+        assert {"sigkill-criu": "killed by SIGKILL", "sigstop-criu": "state T",
+                "sigterm-runtime": "cancelled by signal SIGTERM"}[case] in err, err
+        assert "nothing was left running or registered" in err
     assert leaked == []
+    assert cgroups_left == [], f"the container's cgroup left behind: {cgroups_left}"
+    assert not state_dir_left, "the container's state dir left behind"
     assert not registered, "a failed restore left the container registered"
     assert not half_running, "a half-restored process is still running"
     assert mounts == [], f"criu-root mount left: {mounts}"

@@ -14,6 +14,7 @@ exec, delete, migrate back); the source no longer has it; and on every
 failure the container still runs on the source, not frozen, with nothing
 left registered on the destination."""
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -172,6 +173,13 @@ def test_destination_dies_while_it_restores(hosts, tmp_path):
     assert_runs_unfrozen_on(a, "c1", src, count=lambda x: read_mem_status(x)[0])
     assert read_mem_status(src)[2] == 1, "memory corrupted at the source"
     wait_for(lambda: b.rt.list_ids() == [], timeout=30, what="the destination's guard to remove its copy")
+    # Nothing of the killed restore stays: its janitor detaches CRIU's root
+    # and removes the cgroup (a kill between the mount and the janitor's
+    # arming once left both).
+    wait_for(lambda: not [l for l in open("/proc/self/mounts") if "criu-root" in l and str(b.rt.root) in l],
+             timeout=10, what="the restore's criu-root mount to go")
+    wait_for(lambda: not list(pathlib.Path("/sys/fs/cgroup").glob("*/:youki:c1-b")), timeout=10,
+             what="the restore's cgroup to go")
 
 
 def test_source_killed_during_the_final_dump(hosts, tmp_path):

@@ -72,7 +72,7 @@ pub(crate) fn remove_dumped(c: &mut libcontainer::container::Container) -> Resul
             .with_context(|| format!("failed to delete container \"{id}\""));
     };
     for d in dirs.iter().filter(|d| d.exists()) {
-        rmdir_cgroup(d).with_context(|| {
+        crate::criu::janitor::remove_cgroup_dir(d).with_context(|| {
             format!(
                 "failed to delete container \"{id}\": its cgroup {} stays",
                 d.display()
@@ -85,33 +85,6 @@ pub(crate) fn remove_dumped(c: &mut libcontainer::container::Container) -> Resul
             c.root.display()
         )
     })
-}
-
-/// Remove an empty (or emptying) cgroup directory: a task that was just
-/// killed may still be exiting (EBUSY); any left is killed.
-fn rmdir_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut backoff = crate::backoff::Backoff::new(std::time::Duration::from_millis(256));
-    let mut waited = std::time::Duration::ZERO;
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited.as_millis() < 1024 => {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                waited += backoff.sleep();
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Before libcontainer removes the cgroups: SIGKILL every process of the

@@ -339,6 +339,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 criu_root.display()
             )
         })?;
+        janitor.arm(Action::Umount(criu_root.clone()));
         let youki =
             YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
@@ -349,7 +350,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         .context("failed to set up the container's cgroup")?;
         tracing::debug!(phase = "cgroup manager created", "restore");
 
-        janitor.arm(Action::Umount(criu_root.clone()));
+        // If we are killed from here on: the cgroup and the (still empty)
+        // state dir go too, after CRIU's root is detached (armed after it,
+        // right after the mount: the janitor runs actions in order).
+        janitor.arm(Action::RemoveDir(container_dir.clone()));
+        for d in crate::checkpoint::spec::v1_cgroup_dirs(&youki.cgroup_path).unwrap_or_default() {
+            janitor.arm(Action::RemoveCgroup(d));
+        }
         // CRIU itself goes into the container's cgroup, so the tasks it
         // restores land there (runc's criuApplyCgroups).
         manager

@@ -38,6 +38,11 @@ pub enum Action {
     Umount(PathBuf),
     /// Detach the cgroup yards a killed CRIU left under this work dir.
     UmountYards(PathBuf),
+    /// Remove a directory if it is empty (restore's state dir; never
+    /// recursive: CRIU's root, a bind mount of the rootfs, lives in it).
+    RemoveDir(PathBuf),
+    /// Kill what is left in a cgroup directory and remove it.
+    RemoveCgroup(PathBuf),
     /// Run a command and wait for it (e.g. our own `delete --force ID`).
     Run(Vec<String>),
 }
@@ -51,6 +56,8 @@ impl Action {
             Action::Remove(f) => format!("rm {}\n", f.display()),
             Action::Umount(f) => format!("umount {}\n", f.display()),
             Action::UmountYards(d) => format!("yards {}\n", d.display()),
+            Action::RemoveDir(d) => format!("rmdir {}\n", d.display()),
+            Action::RemoveCgroup(d) => format!("rmcg {}\n", d.display()),
             Action::Run(argv) => {
                 format!("run {}\n", serde_json::to_string(argv).unwrap_or_default())
             }
@@ -72,6 +79,8 @@ impl Action {
             "rm" => Some(Action::Remove(PathBuf::from(rest))),
             "umount" => Some(Action::Umount(PathBuf::from(rest))),
             "yards" => Some(Action::UmountYards(PathBuf::from(rest))),
+            "rmdir" => Some(Action::RemoveDir(PathBuf::from(rest))),
+            "rmcg" => Some(Action::RemoveCgroup(PathBuf::from(rest))),
             "run" => serde_json::from_str(rest).ok().map(Action::Run),
             _ => None,
         }
@@ -98,6 +107,12 @@ impl Action {
             Action::UmountYards(d) => {
                 umount_cgroup_yards(d);
             }
+            Action::RemoveDir(d) => {
+                let _ = std::fs::remove_dir(d);
+            }
+            Action::RemoveCgroup(d) => {
+                let _ = remove_cgroup_dir(d);
+            }
             Action::Run(argv) => {
                 if let Some((exe, args)) = argv.split_first() {
                     let _ = std::process::Command::new(exe)
@@ -108,6 +123,31 @@ impl Action {
                         .status();
                 }
             }
+        }
+    }
+}
+
+/// Remove an empty (or emptying) cgroup directory: a task that was just
+/// killed may still be exiting (EBUSY); any left is killed. Gives up after
+/// ~1 s of EBUSY.
+pub fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(256));
+    let mut waited = Duration::ZERO;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited.as_millis() < 1024 => {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                waited += backoff.sleep();
+            }
+            Err(e) => return Err(e),
         }
     }
 }
