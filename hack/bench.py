@@ -101,6 +101,18 @@ def cgroup_note():
                "(an RCU grace period, the kernel's default without `favordynmods`)"))
 
 
+def true_ms():
+    """Median time to spawn and reap /bin/true (50 runs): this VM's speed
+    moves by a third within an hour (page faults 1.6 → 2.6 µs), so each
+    section says how fast the machine was when it was measured."""
+    ts = []
+    for _ in range(50):
+        t = time.perf_counter()
+        subprocess.run(["/bin/true"])
+        ts.append((time.perf_counter() - t) * 1000)
+    return med(ts)
+
+
 def cr_cycle(binary, root, bundle, work, i, extra=()):
     """Checkpoint a running busybox loop and restore it under another ID;
     images on tmpfs. Returns wall and CRIU times of both."""
@@ -271,7 +283,7 @@ def main():
                   (f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
                    f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
                    f"interleaved (each round runs both runtimes, alternating which goes first), {cache}; "
-                   f"{cgroup_note()}.\n"
+                   f"{cgroup_note()}; spawning /bin/true took {true_ms():.2f} ms (the machine's speed at the time).\n"
                    f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
                    f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
                    f"Command: `sudo hack/bench.sh --rounds {a.rounds} --cr-rounds {a.cr_rounds}"
