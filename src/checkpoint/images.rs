@@ -52,6 +52,29 @@ pub struct Manifest {
     /// creates a fresh one (checkpoint::netns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fresh_netns: Option<crate::checkpoint::netns::FreshNetns>,
+    /// Size of every `*.img` CRIU left in the image directory (not for a
+    /// dump whose pages went to a page server): restore refuses a missing
+    /// or resized one before anything starts. CRIU itself does not check:
+    /// an emptied pages image made its restorer loop on zero-byte reads
+    /// until our --criu-timeout killed it (found by
+    /// test_failures_do_not_stop_the_batch: five minutes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub image_sizes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The size of every `*.img` file in `dir`.
+pub fn image_sizes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let meta = e.metadata().ok()?;
+                (name.ends_with(".img") && meta.is_file()).then_some((name, meta.len()))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Facts about a bundle's spec that a manifest records and restore checks.
@@ -126,6 +149,29 @@ impl Manifest {
                 bundle.terminal,
                 self.terminal
             );
+        }
+        Ok(())
+    }
+
+    /// Refuse an image directory whose `*.img` files are not those the
+    /// checkpoint wrote: one missing, or of another size (a truncated or
+    /// interrupted copy).
+    pub fn check_files(&self, dir: &Path) -> Result<()> {
+        for (name, size) in &self.image_sizes {
+            let path = dir.join(name);
+            match std::fs::metadata(&path) {
+                Err(_) => bail!(
+                    "{} is missing: the checkpoint wrote it ({size} bytes); the copy of {} is incomplete",
+                    path.display(),
+                    dir.display()
+                ),
+                Ok(m) if m.len() != *size => bail!(
+                    "{} has {} bytes but the checkpoint wrote {size}: truncated or changed since; copy the checkpoint again",
+                    path.display(),
+                    m.len()
+                ),
+                Ok(_) => {}
+            }
         }
         Ok(())
     }
@@ -284,7 +330,29 @@ mod tests {
             descriptors: vec![],
             loopback_only: false,
             fresh_netns: None,
+            image_sizes: Default::default(),
         }
+    }
+
+    #[test]
+    fn image_files_missing_or_resized_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pages-1.img"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("inventory.img"), b"inv").unwrap();
+        std::fs::write(dir.path().join("dump.log"), b"log").unwrap();
+        let mut m = manifest();
+        m.image_sizes = image_sizes(dir.path());
+        assert_eq!(m.image_sizes.len(), 2, "only *.img: {:?}", m.image_sizes);
+        m.check_files(dir.path()).unwrap();
+        std::fs::write(dir.path().join("pages-1.img"), b"").unwrap();
+        let e = m.check_files(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("pages-1.img has 0 bytes but the checkpoint wrote 4096"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("pages-1.img")).unwrap();
+        let e = m.check_files(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("pages-1.img is missing"), "{e}");
     }
 
     #[test]

@@ -423,6 +423,7 @@ pub(crate) fn dump(
         descriptors: read_descriptors(&opts.image_path),
         loopback_only: facts.loopback_only,
         fresh_netns: facts.fresh_netns,
+        image_sizes: Default::default(),
     };
 
     let mut final_opts = opts.clone();
@@ -490,12 +491,15 @@ pub(crate) fn dump(
 
     match result {
         Ok((criu_time, pre_copy)) => {
-            manifest(
+            let diskless = final_opts.page_server.is_some();
+            let mut m = manifest(
                 if opts.pre_dump { "pre-dump" } else { "dump" },
                 final_opts.parent_path.clone(),
-            )
-            .write(&opts.image_path)?;
-            let diskless = final_opts.page_server.is_some();
+            );
+            if !diskless {
+                m.image_sizes = images::image_sizes(&opts.image_path);
+            }
+            m.write(&opts.image_path)?;
             // What CRIU measured; a CRIU that wrote no statistics does not
             // fail a checkpoint that succeeded (only --stats needs them).
             let report = stats::Report::new(

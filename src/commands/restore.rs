@@ -170,6 +170,7 @@ fn check_images(o: &RestoreOptions) -> Result<Option<Manifest>> {
     images::check_chain(&o.image_path)?;
     let manifest = Manifest::load(&o.image_path)?;
     if let Some(m) = &manifest {
+        m.check_files(&o.image_path)?;
         if m.kind == "pre-dump" {
             bail!("{} holds a pre-dump, which cannot be restored: restore from the final dump that names it as parent", o.image_path.display());
         }
