@@ -551,48 +551,69 @@ fn append_tree<W: Write>(
     rel: &Path,
     since: Option<i64>,
 ) -> io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n.ends_with(".log") || n.starts_with("stats-") {
-            continue;
+        match append_entry(b, root, rel, &e, since) {
+            // A running container's file can vanish between the listing
+            // and the read (a temp file renamed over another): it is not
+            // there to send. Nothing of it was written yet (tar stats and
+            // opens before it writes a header). Found by the second kernel's
+            // test_auto_migrates_by_pre_copy: "No such file or directory
+            // when getting metadata for …/rootfs/tmp/count.tmp".
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            r => r?,
         }
-        let r = rel.join(&name);
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            // overlayfs: a directory that hides the lower layers' one.
-            if let Ok(Some(v)) = xattr::get(e.path(), OPAQUE) {
-                b.append_pax_extensions([(OPAQUE_PAX, v.as_slice())])?;
-            }
-            b.append_dir(&r, e.path())?;
-            append_tree(b, root, &r, since)?;
-        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            // Devices (overlayfs whiteouts are 0:0 character devices) and
-            // FIFOs, built here: tar's append_path_with_name names them by
-            // their absolute path (tar 0.4.46).
-            let m = e.metadata()?;
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
-            h.set_entry_type(if ft.is_char_device() {
-                tar::EntryType::Char
-            } else if ft.is_block_device() {
-                tar::EntryType::Block
-            } else {
-                tar::EntryType::Fifo
-            });
-            h.set_size(0);
-            h.set_device_major(libc::major(m.rdev()))?;
-            h.set_device_minor(libc::minor(m.rdev()))?;
-            b.append_data(&mut h, &r, io::empty())?;
-        } else if ft.is_symlink()
-            || since.is_none_or(|t| e.metadata().map(|m| m.ctime() >= t).unwrap_or(true))
-        {
-            b.append_path_with_name(e.path(), &r)?;
+    }
+    Ok(())
+}
+
+/// One entry of [`append_tree`].
+fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    e: &std::fs::DirEntry,
+    since: Option<i64>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let name = e.file_name();
+    let n = name.to_string_lossy();
+    if n.ends_with(".log") || n.starts_with("stats-") {
+        return Ok(());
+    }
+    let r = rel.join(&name);
+    let ft = e.file_type()?;
+    if ft.is_dir() {
+        // overlayfs: a directory that hides the lower layers' one.
+        if let Ok(Some(v)) = xattr::get(e.path(), OPAQUE) {
+            b.append_pax_extensions([(OPAQUE_PAX, v.as_slice())])?;
         }
+        b.append_dir(&r, e.path())?;
+        append_tree(b, root, &r, since)?;
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        // Devices (overlayfs whiteouts are 0:0 character devices) and
+        // FIFOs, built here: tar's append_path_with_name names them by
+        // their absolute path (tar 0.4.46).
+        let m = e.metadata()?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+        h.set_entry_type(if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Fifo
+        });
+        h.set_size(0);
+        h.set_device_major(libc::major(m.rdev()))?;
+        h.set_device_minor(libc::minor(m.rdev()))?;
+        b.append_data(&mut h, &r, io::empty())?;
+    } else if ft.is_symlink()
+        || since.is_none_or(|t| e.metadata().map(|m| m.ctime() >= t).unwrap_or(true))
+    {
+        b.append_path_with_name(e.path(), &r)?;
     }
     Ok(())
 }
@@ -709,6 +730,29 @@ pub fn prune_tree(dir: &Path, keep: &[String]) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file gone between the listing and its read fails with NotFound
+    /// (which append_tree skips) before anything of it is written.
+    #[test]
+    fn a_file_that_vanished_is_not_found_and_leaves_the_stream_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("count.tmp"), "1").unwrap();
+        let entries: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+        std::fs::rename(d.path().join("count.tmp"), d.path().join("count")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let err = append_entry(&mut b, d.path(), Path::new(""), &entries[0], None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(b.get_ref().is_empty(), "bytes written for a vanished file");
+        // The tree as it is now goes through whole.
+        append_tree(&mut b, d.path(), Path::new(""), None).unwrap();
+        let data = b.into_inner().unwrap();
+        let names: Vec<String> = tar::Archive::new(data.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["count"]);
+    }
 
     #[test]
     fn prune_removes_what_the_source_no_longer_has_ok() {
