@@ -55,7 +55,7 @@ pub fn cgroups_of(pid: Option<i32>) -> Vec<procfs::ProcessCGroup> {
 }
 
 /// A process's mounts (`/proc/PID/mountinfo`; `None`: this process).
-fn mounts_of(pid: Option<i32>) -> Vec<procfs::process::MountInfo> {
+pub(crate) fn mounts_of(pid: Option<i32>) -> Vec<procfs::process::MountInfo> {
     let p = match pid {
         Some(pid) => procfs::process::Process::new(pid),
         None => procfs::process::Process::myself(),

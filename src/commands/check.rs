@@ -143,29 +143,21 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
     Ok(if all { 0 } else { 1 })
 }
 
-/// Cgroup hierarchies mounted with `favordynmods` (mount point, from the
-/// super options of a mountinfo text), and the cgroup2 mount point.
-fn favordynmods(text: &str) -> (Vec<String>, Option<String>) {
-    let mut on = Vec::new();
-    let mut v2 = None;
-    for l in text.lines() {
-        let Some((left, right)) = l.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        let (fstype, _source, opts) = (r.next(), r.next(), r.next().unwrap_or(""));
-        let Some(point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        match fstype {
-            Some("cgroup2") => v2 = v2.or(Some(point.to_string())),
-            Some("cgroup") => {}
-            _ => continue,
-        }
-        if opts.split(',').any(|o| o == "favordynmods") {
-            on.push(point.to_string());
-        }
-    }
+/// Cgroup hierarchies mounted with `favordynmods` (mount points), and the
+/// cgroup2 mount point.
+fn favordynmods(mounts: &[procfs::process::MountInfo]) -> (Vec<String>, Option<String>) {
+    let cgroups = mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2");
+    let on = cgroups
+        .clone()
+        .filter(|m| m.super_options.contains_key("favordynmods"))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    let v2 = cgroups
+        .clone()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point.display().to_string());
     (on, v2)
 }
 
@@ -173,24 +165,22 @@ fn favordynmods(text: &str) -> (Vec<String>, Option<String>) {
 /// which takes the same lock as a real one), or None if it cannot write
 /// there.
 fn cgroup_move_time() -> Option<std::time::Duration> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let procs = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-        let base = match ctrl {
-            "" => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+    let own = procfs::process::Process::myself().ok()?.cgroups().ok()?.0;
+    let procs = own.iter().find_map(|c| {
+        let base = match c.controllers.first() {
+            None => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
                 .into_iter()
                 .find(|b| std::path::Path::new(b).join("cgroup.procs").exists())?
                 .to_string(),
-            c if c.starts_with("name=") => return None,
-            c => {
-                let b = format!("/sys/fs/cgroup/{c}");
+            Some(_) if c.controllers.iter().any(|x| x.starts_with("name=")) => return None,
+            Some(_) => {
+                let b = format!("/sys/fs/cgroup/{}", c.controllers.join(","));
                 std::path::Path::new(&b).is_dir().then_some(b)?
             }
         };
         Some(
             std::path::Path::new(&base)
-                .join(path.trim_start_matches('/'))
+                .join(c.pathname.trim_start_matches('/'))
                 .join("cgroup.procs"),
         )
     })?;
@@ -208,8 +198,7 @@ fn cgroup_move_time() -> Option<std::time::Duration> {
 /// effect stays. Informational: a host setting with a cost of its own, not
 /// ours to change.
 fn cgroup_migration_line() {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let (on, v2) = favordynmods(&mountinfo);
+    let (on, v2) = favordynmods(&crate::checkpoint::spec::mounts_of(None));
     let what = "cgroup moves without an RCU grace period";
     let option = match on.first() {
         Some(p) => format!("favordynmods on {p}"),
@@ -277,17 +266,21 @@ mod tests {
 
     #[test]
     fn favordynmods_is_read_from_the_super_options() {
-        let off =
-            "35 25 0:30 / /sys/fs/cgroup/pids rw,relatime shared:15 - cgroup cgroup rw,pids\n\
-                   44 25 0:39 / /sys/fs/cgroup/unified rw,relatime shared:24 - cgroup2 cgroup2 rw\n\
-                   50 25 0:40 / /run/x rw - tmpfs favordynmods rw,favordynmods\n";
+        let lines = |text: &str| -> Vec<procfs::process::MountInfo> {
+            text.lines()
+                .map(|l| procfs::process::MountInfo::from_line(l.trim()).unwrap())
+                .collect()
+        };
+        let off = "35 25 0:30 / /sys/fs/cgroup/pids rw,relatime shared:15 - cgroup cgroup rw,pids
+                   44 25 0:39 / /sys/fs/cgroup/unified rw,relatime shared:24 - cgroup2 cgroup2 rw
+                   50 25 0:40 / /run/x rw - tmpfs favordynmods rw,favordynmods";
         assert_eq!(
-            favordynmods(off),
+            favordynmods(&lines(off)),
             (vec![], Some("/sys/fs/cgroup/unified".to_string()))
         );
         let on = off.replace("cgroup2 cgroup2 rw", "cgroup2 cgroup2 rw,favordynmods");
         assert_eq!(
-            favordynmods(&on).0,
+            favordynmods(&lines(&on)).0,
             vec!["/sys/fs/cgroup/unified".to_string()]
         );
     }
