@@ -355,9 +355,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // state dir go too, after CRIU's root is detached (armed after it,
         // right after the mount: the janitor runs actions in order).
         janitor.arm(Action::RemoveDir(container_dir.clone()));
-        for d in crate::checkpoint::spec::v1_cgroup_dirs(&youki.cgroup_path).unwrap_or_default() {
-            janitor.arm(Action::RemoveCgroup(d));
-        }
+        janitor.arm(Action::RemoveCgroups(youki.cgroup_path.clone()));
         // CRIU itself goes into the container's cgroup, so the tasks it
         // restores land there (runc's criuApplyCgroups).
         manager

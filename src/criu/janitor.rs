@@ -41,8 +41,10 @@ pub enum Action {
     /// Remove a directory if it is empty (restore's state dir; never
     /// recursive: CRIU's root, a bind mount of the rootfs, lives in it).
     RemoveDir(PathBuf),
-    /// Kill what is left in a cgroup directory and remove it.
-    RemoveCgroup(PathBuf),
+    /// Kill what is left in a container's v1 cgroup (its path inside the
+    /// hierarchies) and remove its directories. The directories are found
+    /// only when the janitor acts, not on the operation's path.
+    RemoveCgroups(PathBuf),
     /// Run a command and wait for it (e.g. our own `delete --force ID`).
     Run(Vec<String>),
 }
@@ -57,7 +59,7 @@ impl Action {
             Action::Umount(f) => format!("umount {}\n", f.display()),
             Action::UmountYards(d) => format!("yards {}\n", d.display()),
             Action::RemoveDir(d) => format!("rmdir {}\n", d.display()),
-            Action::RemoveCgroup(d) => format!("rmcg {}\n", d.display()),
+            Action::RemoveCgroups(d) => format!("rmcg {}\n", d.display()),
             Action::Run(argv) => {
                 format!("run {}\n", serde_json::to_string(argv).unwrap_or_default())
             }
@@ -80,7 +82,7 @@ impl Action {
             "umount" => Some(Action::Umount(PathBuf::from(rest))),
             "yards" => Some(Action::UmountYards(PathBuf::from(rest))),
             "rmdir" => Some(Action::RemoveDir(PathBuf::from(rest))),
-            "rmcg" => Some(Action::RemoveCgroup(PathBuf::from(rest))),
+            "rmcg" => Some(Action::RemoveCgroups(PathBuf::from(rest))),
             "run" => serde_json::from_str(rest).ok().map(Action::Run),
             _ => None,
         }
@@ -110,8 +112,10 @@ impl Action {
             Action::RemoveDir(d) => {
                 let _ = std::fs::remove_dir(d);
             }
-            Action::RemoveCgroup(d) => {
-                let _ = remove_cgroup_dir(d);
+            Action::RemoveCgroups(path) => {
+                for d in crate::checkpoint::spec::v1_cgroup_dirs(path).unwrap_or_default() {
+                    let _ = remove_cgroup_dir(&d);
+                }
             }
             Action::Run(argv) => {
                 if let Some((exe, args)) = argv.split_first() {
