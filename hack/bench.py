@@ -72,33 +72,14 @@ def criu_seconds(log):
     return last
 
 
-def cgroup_note():
-    """How long a no-op move of this process into its own cgroup takes
-    (median of 3, 0.2 s apart): without `favordynmods` (the kernel's
-    default) the first move after a quiet spell waits an RCU grace period —
-    paid once in every restore of both runtimes, moving CRIU into the
-    container's cgroup (docs/performance.md). Measured rather than read
-    from the mount table: on 6.18 the option can leave the table while its
-    effect stays."""
-    procs = None
-    for l in open("/proc/self/cgroup"):
-        _, ctrl, path = l.rstrip("\n").split(":", 2)
-        if ctrl and not ctrl.startswith("name=") and os.path.isdir(f"/sys/fs/cgroup/{ctrl}"):
-            procs = f"/sys/fs/cgroup/{ctrl}{path}/cgroup.procs"
-            break
-    if procs is None:
-        return "cgroup move time not measured"
-    ts = []
-    for _ in range(3):
-        time.sleep(0.2)
-        t = time.perf_counter()
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-        ts.append((time.perf_counter() - t) * 1000)
-    ms = med(ts)
-    return (f"a cgroup move took {ms:.2f} ms here "
-            + ("(no RCU grace period: `favordynmods` in effect)" if ms < 2 else
-               "(an RCU grace period, the kernel's default without `favordynmods`)"))
+def cgroup_note(ours):
+    """What our `check` measures of a cgroup move: without `favordynmods`
+    (the kernel's default) the first move after a quiet spell waits an RCU
+    grace period — paid once in every restore of both runtimes, moving CRIU
+    into the container's cgroup (docs/performance.md)."""
+    out = subprocess.run([ours, "check"], capture_output=True, text=True).stdout
+    line = next((l for l in out.splitlines() if "cgroup moves without an RCU grace period" in l), None)
+    return f"`check`: \"{line.strip()}\"" if line else "cgroup move time not measured"
 
 
 def true_ms():
@@ -283,7 +264,7 @@ def main():
                   (f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
                    f"kernel {platform.release()}), {a.rounds} rounds after {a.warmup} warm-up rounds, "
                    f"interleaved (each round runs both runtimes, alternating which goes first), {cache}; "
-                   f"{cgroup_note()}; spawning /bin/true took {true_ms():.2f} ms (the machine's speed at the time).\n"
+                   f"{cgroup_note(a.ours)}; spawning /bin/true took {true_ms():.2f} ms (the machine's speed at the time).\n"
                    f"`{version[0] if version else a.ours}` ({version[1] if len(version) > 1 else ''}) vs "
                    f"`{runc_version[0] if runc_version else 'runc'}`.\n\n"
                    f"Command: `sudo hack/bench.sh --rounds {a.rounds} --cr-rounds {a.cr_rounds}"
