@@ -90,12 +90,7 @@ def status(stack, name):
 
 
 def start_from_checkpoint(stack, name, cp):
-    """`docker start --checkpoint`, retried once on dockerd's occasional
-    "content ... already exists" upload error (moby/moby#42900: a dockerd
-    bug before any runtime is called, seen with runc and with us)."""
-    p = stack.docker("start", "--checkpoint", cp, name, check=False)
-    if p.returncode != 0 and "already exists" in p.stderr:
-        p = stack.docker("start", "--checkpoint", cp, name, check=False)
+    p = stack.start_from_checkpoint(name, cp)
     assert p.returncode == 0, f"docker start --checkpoint {cp} {name}: {p.stderr}"
 
 

@@ -59,7 +59,8 @@ def test_docker_leave_running_is_a_pre_dump_and_final_uses_it_as_parent(tmp_path
         full, last = pages(final / "pre-1"), pages(final)
         assert full >= MIB * 1024 * 1024 * 0.9 and last < full / 4, (full, last)
 
-        s.docker("start", "--checkpoint", "final", "memw", timeout=600)
+        p = s.start_from_checkpoint("memw", "final", timeout=600)
+        assert p.returncode == 0, f"docker start --checkpoint final memw: {p.stderr}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and status(s, "memw")[0] <= before[0] + 100:
             time.sleep(1)
