@@ -52,7 +52,7 @@ pub fn normalize(args: Vec<OsString>, root: &Command) -> Vec<OsString> {
 
     let mut globals = HashMap::new();
     long_flags(root, &mut globals);
-    let mut current: Option<&Command> = None;
+    let mut current: Option<Command> = None;
     let mut flags = globals.clone();
 
     while let Some(tok) = iter.next() {
@@ -95,7 +95,7 @@ pub fn normalize(args: Vec<OsString>, root: &Command) -> Vec<OsString> {
                 }
             }
             // A short flag (or a cluster); `-b DIR` takes the next token.
-            let cmd = current.unwrap_or(root);
+            let cmd = current.as_ref().unwrap_or(root);
             let last = body.chars().last().unwrap_or('-');
             let needs_value = body.chars().count() == 1 && short_takes_value(cmd, root, last);
             out.push(tok);
@@ -113,9 +113,13 @@ pub fn normalize(args: Vec<OsString>, root: &Command) -> Vec<OsString> {
                     .get_subcommands()
                     .find(|c| c.get_name() == s || c.get_all_aliases().any(|a| a == s))
                 {
-                    current = Some(sub);
+                    // A subcommand's own arguments are added when it is
+                    // built (cli::Lazy): build a copy of it to see them.
+                    let mut sub = sub.clone();
+                    sub.build();
                     flags = globals.clone();
-                    long_flags(sub, &mut flags);
+                    long_flags(&sub, &mut flags);
+                    current = Some(sub);
                     out.push(tok);
                 } else {
                     out.push(tok);

@@ -64,7 +64,9 @@ pub struct GlobalOpts {
     pub systemd_cgroup: bool,
 
     /// Ignore cgroup permission errors ("true", "false", or "auto")
-    #[arg(long, global = true, default_value = "auto", value_name = "VALUE")]
+    // Before the subcommand only, as runc takes its global flags: `spec`
+    // has a `--rootless` of its own (a flag).
+    #[arg(long, default_value = "auto", value_name = "VALUE")]
     pub rootless: String,
 
     /// Print the version
@@ -78,57 +80,131 @@ pub enum LogFormat {
     Json,
 }
 
+/// A subcommand's arguments, added to clap's command tree only when the
+/// command line names that subcommand (clap's `Command::defer`). clap's
+/// derive builds every subcommand's arguments, and the global flags'
+/// copies in each, before it parses: ~80 heap pages and a tenth of a
+/// millisecond on every call of the runtime, for the 25 subcommands the
+/// call does not use (docs/performance.md). `Deref`s to the arguments.
+#[derive(Debug, Clone)]
+pub struct Lazy<A>(pub A);
+
+impl<A> std::ops::Deref for Lazy<A> {
+    type Target = A;
+    fn deref(&self) -> &A {
+        &self.0
+    }
+}
+
+impl<A: Args> Args for Lazy<A> {
+    // The subcommand's description is the variant's doc comment, set when
+    // the subcommand is declared; the arguments' struct sets its own, which
+    // must not win now that it comes later.
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| {
+            let described = Described::of(&cmd);
+            described.onto(A::augment_args(cmd))
+        })
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| {
+            let described = Described::of(&cmd);
+            described.onto(A::augment_args_for_update(cmd))
+        })
+    }
+    fn group_id() -> Option<clap::Id> {
+        A::group_id()
+    }
+}
+
+/// A subcommand's descriptions, kept across its deferred arguments.
+struct Described(
+    Option<clap::builder::StyledStr>,
+    Option<clap::builder::StyledStr>,
+);
+
+impl Described {
+    fn of(cmd: &clap::Command) -> Self {
+        Described(cmd.get_about().cloned(), cmd.get_long_about().cloned())
+    }
+    fn onto(self, cmd: clap::Command) -> clap::Command {
+        let cmd = match self.0 {
+            Some(a) => cmd.about(a),
+            None => cmd.about(None::<&'static str>),
+        };
+        match self.1 {
+            Some(l) => cmd.long_about(l),
+            None => cmd.long_about(None::<&'static str>),
+        }
+    }
+}
+
+impl<A: clap::FromArgMatches> clap::FromArgMatches for Lazy<A> {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        A::from_arg_matches(m).map(Lazy)
+    }
+    fn from_arg_matches_mut(m: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        A::from_arg_matches_mut(m).map(Lazy)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
+    fn update_from_arg_matches_mut(&mut self, m: &mut clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(m)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a container
-    Create(CreateArgs),
+    Create(Lazy<CreateArgs>),
     /// Execute the user-defined process in a created container
-    Start(IdArg),
+    Start(Lazy<IdArg>),
     /// Create and run a container
-    Run(RunArgs),
+    Run(Lazy<RunArgs>),
     /// Output the state of a container
-    State(IdArg),
+    State(Lazy<IdArg>),
     /// List containers started by cntrlive-runtime with the given root
     #[command(alias = "ls")]
-    List(ListArgs),
+    List(Lazy<ListArgs>),
     /// Kill sends the specified signal (default: SIGTERM) to the container's init process
-    Kill(KillArgs),
+    Kill(Lazy<KillArgs>),
     /// Delete any resources held by the container, often used with detached containers
-    Delete(DeleteArgs),
+    Delete(Lazy<DeleteArgs>),
     /// Execute new process inside the container
-    Exec(ExecArgs),
+    Exec(Lazy<ExecArgs>),
     /// Display the processes running inside a container
-    Ps(PsArgs),
+    Ps(Lazy<PsArgs>),
     /// Pause suspends all processes inside the container
-    Pause(IdArg),
+    Pause(Lazy<IdArg>),
     /// Resume all processes that have been previously paused
-    Resume(IdArg),
+    Resume(Lazy<IdArg>),
     /// Display container events such as OOM notifications, cpu, memory, and IO usage statistics
-    Events(EventsArgs),
+    Events(Lazy<EventsArgs>),
     /// Update container resource constraints
-    Update(UpdateArgs),
+    Update(Lazy<UpdateArgs>),
     /// Create a new specification file
-    Spec(SpecArgs),
+    Spec(Lazy<SpecArgs>),
     /// Show the enabled features
     Features,
     /// Say what this host can and cannot do for checkpoint/restore, and why
     Check,
     /// Receive a checkpoint's memory pages over the network into an image
     /// directory (CRIU's page server), until the dumping side is done
-    PageServer(PageServerArgs),
+    PageServer(Lazy<PageServerArgs>),
     /// Checkpoint a running container
-    Checkpoint(CheckpointArgs),
+    Checkpoint(Lazy<CheckpointArgs>),
     /// Restore a container from a previous checkpoint
-    Restore(RestoreArgs),
+    Restore(Lazy<RestoreArgs>),
     /// Move a running container to another host (`migrate-listen` there)
-    Migrate(MigrateArgs),
+    Migrate(Lazy<MigrateArgs>),
     /// Receive migrated containers (the destination of `migrate`)
-    MigrateListen(MigrateListenArgs),
+    MigrateListen(Lazy<MigrateListenArgs>),
     /// Make a migration CA and one TLS directory per host
-    MigrateCerts(MigrateCertsArgs),
+    MigrateCerts(Lazy<MigrateCertsArgs>),
     /// One migration on the socket that is stdin (started by migrate-listen)
     #[command(hide = true)]
-    MigrateReceive(MigrateReceiveArgs),
+    MigrateReceive(Lazy<MigrateReceiveArgs>),
     /// Append stdin to FILE until EOF (a migrated container's output)
     #[command(hide = true)]
     LogRelay { file: PathBuf },

@@ -194,7 +194,7 @@ mod tests {
         let mut full = vec!["x", "exec"];
         full.extend_from_slice(argv);
         match Cli::parse_from(full).command {
-            Some(Command::Exec(a)) => a,
+            Some(Command::Exec(a)) => a.0,
             _ => unreachable!(),
         }
     }
