@@ -343,3 +343,69 @@ def test_attached_lazy_restore_says_why_it_was_killed(tmp_path):
         assert "post-copy failed" in text, text
     finally:
         rt.cleanup()
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat (R, S, D, Z, T…), None if gone."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def test_restored_process_never_runs_on_zero_pages(tmp_path):
+    """Regression: when the lazy-pages daemon died with pages missing, the
+    kernel released its userfaultfds and filled every missing page with
+    zeros; the restored process ran on with wrong memory until the
+    supervisor's SIGKILL (CI: it died of SIGSEGV first). The supervisor now
+    holds copies of the daemon's userfaultfds, so a fault on a missing page
+    waits until the container is killed. Here the supervisor is stopped
+    (SIGSTOP) while the daemon dies, which makes that window as long as the
+    test wants: the restored memwriter must not run on (its ticks stop, its
+    memory check never fails, it does not crash), and once the supervisor
+    goes on, it kills it. (Ours only: runc has no supervisor.)"""
+    from helpers import OURS, Runtime
+    rt = Runtime(OURS, tmp_path / "state")
+    sup = None
+    try:
+        m = Move(rt, tmp_path, 512, 0)
+        b2, dst, port, ck = m.b2, m.dst, m.port, m.ck
+        rt.run_piped("restore", "-d", "--lazy-pages", "--page-server", f"127.0.0.1:{port}",
+                     "--image-path", dst, "--bundle", b2, "c2")
+        daemons = [pid for pid in criu_pids_connected_to(port) if pid != ck.pid]
+        assert len(daemons) == 1, f"lazy-pages daemons connected to the page server: {daemons}"
+        daemon = daemons[0]
+        sup = int(pathlib.Path(f"/proc/{daemon}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        container = rt.state("c2")["pid"]
+        os.kill(sup, signal.SIGSTOP)
+        os.kill(ck.pid, signal.SIGKILL)
+        for pid in criu_pids_serving(port):
+            os.kill(pid, signal.SIGKILL)
+        # The daemon loses its page server and exits (a zombie: its parent,
+        # the supervisor, is stopped).
+        wait_for(lambda: proc_state(daemon) in ("Z", None), timeout=30, what="the lazy-pages daemon to exit")
+        # The memwriter sums its whole working set every second: within two
+        # seconds it touches a page that never arrived.
+        time.sleep(2.5)
+        ticks, _, ok = read_mem_status(b2)
+        state = proc_state(container)
+        time.sleep(1.0)
+        ticks_later, _, ok_later = read_mem_status(b2)
+        state_later = proc_state(container)
+        os.kill(sup, signal.SIGCONT)
+        sup = None
+        result = dst / "lazy-pages.result"
+        wait_for(result.exists, timeout=30, what="the lazy-pages supervisor's verdict")
+        verdict = json.loads(result.read_text())
+        if verdict["ok"]:
+            pytest.fail(f"the transfer finished before the source was killed; make the working set larger: {verdict}")
+        assert state not in ("Z", None) and state_later not in ("Z", None), \
+            f"the restored process died on its own ({state}, {state_later}) before the supervisor killed it"
+        assert ok == 1 and ok_later == 1, "the restored process read pages that never arrived (zeros)"
+        assert ticks_later == ticks, f"the restored process ran on with pages missing ({ticks} → {ticks_later})"
+        assert verdict["container_killed"], verdict
+        wait_for(lambda: proc_state(container) is None, timeout=10, what="the restored container to be killed")
+    finally:
+        if sup is not None:
+            os.kill(sup, signal.SIGCONT)
+        rt.cleanup()

@@ -162,8 +162,13 @@ fn render(work: &Path) -> String {
     LogExcerpt::read(&work.join(LOG_FILE)).map_or(String::new(), |e| e.render())
 }
 
-/// Wait for our child `pid` until `until`; None at the deadline.
-fn wait_exit(pid: Pid, until: Instant) -> Option<WaitStatus> {
+/// How often the supervisor takes fresh copies of the daemon's
+/// userfaultfds ([`HeldUffds`]).
+const UFFD_REFRESH: Duration = Duration::from_millis(20);
+
+/// Wait for our child `pid` until `until`, calling `tick` every
+/// [`UFFD_REFRESH`]; None at the deadline.
+fn wait_exit(pid: Pid, until: Instant, mut tick: impl FnMut()) -> Option<WaitStatus> {
     let pidfd = super::session::pidfd_open(pid).ok()?;
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -173,12 +178,109 @@ fn wait_exit(pid: Pid, until: Instant) -> Option<WaitStatus> {
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         let _ = poll(
             &mut fds,
-            PollTimeout::from(left.as_millis().min(1000) as u16),
+            PollTimeout::from(left.min(UFFD_REFRESH).as_millis() as u16),
         );
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             return waitpid(pid, None).ok();
         }
+        tick();
     }
+}
+
+/// Copies of the lazy-pages daemon's userfaultfds, held by the supervisor
+/// (pidfd_getfd(2)) while it watches the transfer.
+///
+/// A userfaultfd stays registered on the restored tasks' memory as long as
+/// any copy of it is open. When the daemon dies with pages still missing,
+/// its copies close; without ours the kernel would release the
+/// registration and fill every missing page with zeros on the next fault:
+/// the restored process would run on with wrong memory until the
+/// supervisor's SIGKILL lands (found by
+/// test_attached_lazy_restore_says_why_it_was_killed: the restored process
+/// died of SIGSEGV, "free(): invalid pointer", before our kill). With ours
+/// open, such a fault waits until the container is killed; only then are
+/// they closed.
+///
+/// The set is taken again every [`UFFD_REFRESH`]: a task's fd appears when
+/// it is restored or forked, and the daemon closes it once every page of
+/// that task is in or the task exited — our copy of a closed one goes at
+/// the next refresh (until then, a fault of that task on memory it gave
+/// back, MADV_DONTNEED, waits: at most [`UFFD_REFRESH`]). All of them
+/// go as soon as the daemon exits having transferred everything.
+struct HeldUffds {
+    daemon: Pid,
+    pidfd: Option<std::os::fd::OwnedFd>,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl HeldUffds {
+    fn new(daemon: Pid) -> HeldUffds {
+        HeldUffds {
+            daemon,
+            pidfd: super::session::pidfd_open(daemon).ok(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// Copy every userfaultfd the daemon has now. Taken only from a
+    /// running daemon: a dead one has none, and ours must stay.
+    fn refresh(&mut self) {
+        let Some(pidfd) = &self.pidfd else { return };
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.daemon)) else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        for entry in dir.flatten() {
+            let is_uffd = std::fs::read_link(entry.path())
+                .is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]");
+            let num = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok());
+            if let (true, Some(num)) = (is_uffd, num) {
+                if let Ok(fd) = pidfd_getfd(pidfd, num) {
+                    fresh.push(fd);
+                }
+            }
+        }
+        let mut alive = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let exited = poll(&mut alive, PollTimeout::ZERO).is_ok_and(|n| n > 0);
+        if !exited {
+            // The old copies close after the new ones are open.
+            self.fds = fresh;
+        }
+    }
+
+    /// The container is dead or every page arrived: let the kernel
+    /// release the registrations.
+    fn release(&mut self) {
+        self.fds.clear();
+    }
+}
+
+/// pidfd_getfd(2): a copy of file descriptor `num` of the process `pidfd`.
+fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, num: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the returned fd is new and owned by us.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), num, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor returned by the kernel.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Kill the restored container and wait (up to 2 s) until it is gone, so
+/// that the held userfaultfds close only after it can no longer run.
+fn kill_container(pid: i32) -> bool {
+    let pid = Pid::from_raw(pid);
+    let pidfd = super::session::pidfd_open(pid).ok();
+    let killed = kill(pid, Signal::SIGKILL).is_ok();
+    if let (true, Some(pidfd)) = (killed, pidfd) {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(2000u16));
+    }
+    killed
 }
 
 fn supervise(
@@ -231,7 +333,17 @@ fn supervise(
     let _ = writeln!(status, "ready");
     drop(status);
 
-    // Wait for the runtime's verdict on the restore, watching the daemon.
+    // Wait for the runtime's verdict on the restore, holding the daemon's
+    // userfaultfds from the moment it has them.
+    let mut held = HeldUffds::new(daemon);
+    loop {
+        let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::from(UFFD_REFRESH.as_millis() as u16));
+        held.refresh();
+        if !matches!(ready, Ok(0)) {
+            break;
+        }
+    }
     let mut control = BufReader::new(control);
     let mut line = String::new();
     let container = match control.read_line(&mut line) {
@@ -257,7 +369,8 @@ fn supervise(
                 "the restore did not complete; the lazy-pages daemon was killed".into();
         }
         Some(pid) => {
-            let exit = wait_exit(daemon, started + deadline);
+            held.refresh();
+            let exit = wait_exit(daemon, started + deadline, || held.refresh());
             let clean = LogExcerpt::read(&work.join(LOG_FILE)).is_none_or(|e| e.quoted.is_empty());
             let failed = match exit {
                 None => {
@@ -272,6 +385,10 @@ fn supervise(
                 )),
                 Some(other) => Some(format!("the daemon ended: {other:?}{}", render(work))),
             };
+            if failed.is_none() {
+                // Every page is in: faults are the kernel's again.
+                held.release();
+            }
             let failed = match failed {
                 None if deliver_verdict(source, VERDICT_OK) => None,
                 None => Some(format!(
@@ -289,7 +406,8 @@ fn supervise(
                 Some(why) => {
                     // Its missing pages will never arrive (or the source
                     // runs on): do not let it run here; then tell the source.
-                    outcome.container_killed = kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
+                    outcome.container_killed = kill_container(pid);
+                    held.release();
                     let first = why.lines().next().unwrap_or("").to_string();
                     outcome.detail = why;
                     write_outcome(work, &mut outcome, started);
