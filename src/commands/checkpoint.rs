@@ -556,7 +556,7 @@ pub(crate) fn dump(
                     format!("checkpoint done, but failed to thaw {}", f.file.display())
                 })?;
             }
-            janitor.disarm();
+            let janitor_exit = janitor.disarm_reap_later();
             tracing::debug!(phase = "manifest and stats written, thawed", "checkpoint");
             if chain.on {
                 if opts.pre_dump {
@@ -570,9 +570,11 @@ pub(crate) fn dump(
                 super::delete::remove_dumped(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
-            // CRIU exits after its answer; reaped last, its exit overlapping
-            // the work above (on an error return, dropping it kills it).
+            // CRIU and the janitor exit after their last word; reaped last,
+            // their exits overlapping the work above (on an error return,
+            // dropping the session kills CRIU).
             session.end();
+            drop(janitor_exit);
             Ok(Dumped { report, kept: None })
         }
         Err(err) => {

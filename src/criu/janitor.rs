@@ -261,11 +261,18 @@ impl Janitor {
     }
 
     /// The operation ended (well, or its failure was handled): nothing to undo.
-    pub fn disarm(mut self) {
+    pub fn disarm(self) {
+        drop(self.disarm_reap_later());
+    }
+
+    /// [`Janitor::disarm`], its exit reaped when the returned guard drops:
+    /// the janitor (a forked copy of the runtime) takes a few hundred µs
+    /// to exit, which can overlap the caller's last steps.
+    pub fn disarm_reap_later(mut self) -> Reap {
         if let Some(mut p) = self.pipe.take() {
             let _ = p.write_all(b"done\n");
         }
-        let _ = waitpid(self.pid, None);
+        Reap(self.pid)
     }
 
     /// Abandon now: the janitor runs every armed action, and is reaped.
@@ -273,6 +280,16 @@ impl Janitor {
     pub fn abandon(mut self) {
         self.pipe.take();
         let _ = waitpid(self.pid, None);
+    }
+}
+
+/// A disarmed janitor, reaped on drop.
+#[must_use = "dropping it waits for the janitor's exit"]
+pub struct Reap(Pid);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = waitpid(self.0, None);
     }
 }
 
