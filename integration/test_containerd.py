@@ -95,9 +95,15 @@ TOKEN_LOOP = ("t=$(cat /proc/sys/kernel/random/uuid); i=0; while true; do i=$((i
               "echo \"$t $i\" > /tmp/.n; mv /tmp/.n /tmp/n; sleep 0.1; done")
 
 
+# The last failed read per container: (exec id, exit status, stdout, stderr),
+# for assertion messages.
+LAST_READ_FAILURE = {}
+
+
 def token_count(stack, cid, exec_id):
     p = stack.ctr("task", "exec", "--exec-id", exec_id, cid, "cat", "/tmp/n", check=False)
     if p.returncode != 0 or len(p.stdout.split()) != 2:
+        LAST_READ_FAILURE[cid] = (exec_id, p.returncode, p.stdout, p.stderr)
         return None, -1
     t, n = p.stdout.split()
     return t, int(n)
@@ -130,6 +136,7 @@ def test_ctr_checkpoint_and_restore_into_new_container(stack, rt_path, request):
         assert task_status(stack, dst) == "RUNNING"
         wait_for(lambda: token_count(stack, dst, "c")[1] > 3, what="the restored counter")
         t2, n2 = token_count(stack, dst, "d")
+        assert t2 is not None, f"reading the restored counter failed: {LAST_READ_FAILURE.get(dst)}"
         assert t2 == tok, "restored task has another token: it was started, not restored"
         assert n2 >= n - 5, f"restored counter {n2} is behind the checkpoint's {n}"
 

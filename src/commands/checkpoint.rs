@@ -21,7 +21,6 @@ use crate::checkpoint::images::{self, Manifest, SpecFacts, MANIFEST_FORMAT};
 use crate::checkpoint::options::{CheckpointOptions, PageServer, Rounds};
 use crate::checkpoint::request::{dump_request, ContainerFacts};
 use crate::cli::CheckpointArgs;
-use crate::criu::cancel;
 use crate::criu::gates::{self, format_version};
 use crate::criu::janitor::{self, Action, Janitor};
 use crate::criu::lazy;
@@ -306,19 +305,12 @@ pub(crate) fn dump(
         _ => bail!("container \"{id}\" not running: nothing to checkpoint"),
     }
     let pid = c.pid().context("container has no init pid")?.as_raw();
-    let freezer = janitor::freezer_of(pid);
-    // A container paused by the caller (containerd pauses before it
-    // checkpoints) stays paused; otherwise it must never be left frozen.
-    let thaw = freezer
-        .clone()
-        .filter(|f| c.status() != ContainerStatus::Paused && !f.is_frozen());
 
     make_dir(&opts.image_path, "image directory")?;
     make_dir(&opts.work_path, "work directory")?;
     // CRIU starts first and initialises while the facts are gathered (it is
     // asked nothing until the version gate); dropping the session on an
-    // early error kills it.
-    cancel::install().context("failed to install signal handlers")?;
+    // early error kills it. (spawn_criu installs the signal handlers.)
     // Post-copy without --status-fd: CRIU tells us when its page server
     // is ready, and we tell the user (stderr), who can start the restore.
     let ready = match (
@@ -345,6 +337,13 @@ pub(crate) fn dump(
     let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
     super::arm_janitor(&mut janitor, &session, &opts.work_path);
     tracing::debug!(phase = "CRIU and the janitor started", "checkpoint");
+    // Read while CRIU initialises; nothing is frozen before the gates.
+    let freezer = janitor::freezer_of(pid);
+    // A container paused by the caller (containerd pauses before it
+    // checkpoints) stays paused; otherwise it must never be left frozen.
+    let thaw = freezer
+        .clone()
+        .filter(|f| c.status() != ContainerStatus::Paused && !f.is_frozen());
     if let Some((r, w, at)) = ready {
         drop(w);
         let id = opts.id.clone();
