@@ -359,6 +359,9 @@ pub(crate) fn dump(
     // out: dumped.
     let dump_netns = opts.dump_netns || opts.common.lazy_pages;
     let (facts, spec_facts) = container_facts(&c, &spec, pid, freezer.as_ref(), dump_netns)?;
+    // How the dumped container will be removed, also read while CRIU starts.
+    let removal =
+        (!opts.leave_running && !opts.keep_frozen).then(|| super::delete::DumpedRemoval::plan(&c));
     tracing::debug!(phase = "facts gathered", "checkpoint");
     if let Some(parent) = &opts.parent_path {
         let p = opts.image_path.join(parent);
@@ -465,6 +468,8 @@ pub(crate) fn dump(
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
         let criu_time = sent.elapsed();
+        // Nothing more to ask: CRIU exits while we finish (reaped last).
+        session.hang_up();
         tracing::debug!(phase = "CRIU dump done", "checkpoint");
         if opts.lazy_confirm {
             // CRIU's page server ends with the session.
@@ -566,7 +571,9 @@ pub(crate) fn dump(
             }
             if !opts.leave_running {
                 // As runc: CRIU killed the container; remove it.
-                super::delete::remove_dumped(&mut c)
+                removal
+                    .unwrap_or_else(|| super::delete::DumpedRemoval::plan(&c))
+                    .run(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
             // CRIU and the janitor exit after their last word; reaped last,

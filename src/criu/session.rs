@@ -653,6 +653,13 @@ impl Session {
         self.end()
     }
 
+    /// Tell CRIU the session is over (it exits on the EOF) without waiting
+    /// for it: its exit then overlaps the caller's work until
+    /// [`end`](Self::end) reaps it.
+    pub fn hang_up(&self) {
+        let _ = shutdown(self.sock.as_raw_fd(), Shutdown::Both);
+    }
+
     /// [`close`](Self::close) without giving the session up, for a caller
     /// that ends it on one path and later on another; a second call does
     /// nothing (None).
