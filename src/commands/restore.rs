@@ -443,6 +443,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let notified = notify.pid;
         undo.pid = notified;
         let resp = resp?;
+        // Nothing more to ask: CRIU exits while the container is
+        // registered (reaped last).
+        session.hang_up();
         let pid = resp
             .restore
             .as_ref()
@@ -470,18 +473,19 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             .context("failed to save the container's config")?;
         c.save().context("failed to save the container's state")?;
         tracing::debug!(phase = "registered", "restore");
-        // CRIU exits after its answer: reaped once the container is
-        // registered, not before (its exit overlaps the registration).
-        session.close();
         undo.unmount();
         if let Some(pid_file) = &args.launch.pid_file {
             std::fs::write(pid_file, pid.to_string())
                 .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;
         }
-        janitor.disarm();
+        let janitor_exit = janitor.disarm_reap_later();
         if let Some(l) = lazy {
             l.restored(pid);
         }
+        // CRIU (hung up at its answer) and the janitor exit while the
+        // container is registered; reaped last.
+        session.close();
+        drop(janitor_exit);
         Ok((pid, version))
     })();
 
