@@ -268,12 +268,13 @@ def test_restore_refuses_truncated_pages_image(rt, tmp_path):
         for pid in criu_procs(REAL_CRIU):
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
-        # A killed CRIU leaves its cgroup yard mounted (11 mounts; ours
-        # detaches them through its janitor, runc does not): detach them,
-        # or every later read of the host's mount table grows.
-        yards = [line.split()[4] for line in open("/proc/self/mountinfo")
-                 if f"{img}/.criu.cgyard." in line]
-        for m in sorted(yards, key=len, reverse=True):
+        # A killed CRIU leaves its cgroup yard mounted (11 mounts) and the
+        # killed runc its criu-root bind mount (ours detaches both through
+        # its janitor): detach everything under this test's directory, or
+        # every later read of the host's mount table grows.
+        left = [line.split()[4] for line in open("/proc/self/mountinfo")
+                if line.split()[4].startswith(f"{tmp_path}/")]
+        for m in sorted(left, key=len, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         for d in pathlib.Path("/sys/fs/cgroup").glob("*/c2"):  # runc's, left behind
             try:
