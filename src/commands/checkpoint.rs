@@ -359,7 +359,8 @@ pub(crate) fn dump(
     // out: dumped.
     let dump_netns = opts.dump_netns || opts.common.lazy_pages;
     let (facts, spec_facts) = container_facts(&c, &spec, pid, freezer.as_ref(), dump_netns)?;
-    // How the dumped container will be removed, also read while CRIU starts.
+    // How the dumped container will be removed (CRIU kills it unless it is
+    // left running; kept frozen, it returned above), read while CRIU starts.
     let removal =
         (!opts.leave_running && !opts.keep_frozen).then(|| super::delete::DumpedRemoval::plan(&c));
     tracing::debug!(phase = "facts gathered", "checkpoint");
@@ -569,10 +570,9 @@ pub(crate) fn dump(
                     let _ = std::fs::remove_dir_all(&chain.dir);
                 }
             }
-            if !opts.leave_running {
+            if let Some(removal) = removal {
                 // As runc: CRIU killed the container; remove it.
                 removal
-                    .unwrap_or_else(|| super::delete::DumpedRemoval::plan(&c))
                     .run(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }

@@ -319,19 +319,21 @@ pub fn umount_cgroup_yards(work_dir: &Path) -> usize {
     if !yard_left {
         return 0;
     }
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return 0;
-    };
-    let prefix = format!("{}/.criu.cgyard.", work_dir.display());
-    let mut points: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
+    let mut points: Vec<PathBuf> = crate::checkpoint::spec::mounts_of(None)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|m| {
+            m.strip_prefix(work_dir).is_ok_and(|rel| {
+                rel.iter()
+                    .next()
+                    .is_some_and(|first| first.as_encoded_bytes().starts_with(b".criu.cgyard."))
+            })
+        })
         .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    points.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     let mut n = 0;
     for m in &points {
-        if nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH).is_ok() {
+        if nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_ok() {
             n += 1;
         }
     }

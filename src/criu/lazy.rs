@@ -238,7 +238,7 @@ impl HeldUffds {
                 .to_str()
                 .and_then(|n| n.parse::<i32>().ok());
             if let (true, Some(num)) = (is_uffd, num) {
-                if let Ok(fd) = pidfd_getfd(pidfd, num) {
+                if let Ok(fd) = super::session::pidfd_getfd(pidfd, num) {
                     fresh.push(fd);
                 }
             }
@@ -256,18 +256,6 @@ impl HeldUffds {
     fn release(&mut self) {
         self.fds.clear();
     }
-}
-
-/// pidfd_getfd(2): a copy of file descriptor `num` of the process `pidfd`.
-fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, num: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain syscall; the returned fd is new and owned by us.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), num, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor returned by the kernel.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Kill the restored container and wait (up to 2 s) until it is gone, so

@@ -206,6 +206,17 @@ pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// pidfd_getfd(2): a copy of file descriptor `num` of the process `pidfd`.
+pub(crate) fn pidfd_getfd(pidfd: &OwnedFd, num: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is new and owned by us.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), num, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Held while an fd is made inheritable for one spawn, so that two
 /// sessions started on two threads do not hand each other their sockets.
 static INHERIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
