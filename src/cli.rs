@@ -758,10 +758,11 @@ pub struct CheckpointArgs {
     /// Dump the container's memory information only, leave the container running after this
     #[arg(long)]
     pub pre_dump: bool,
-    /// Dump the network namespace even when it holds nothing but loopback
-    /// (by default such a namespace is left out and the restore gives the
-    /// container a fresh one — faster; with this, runc and crun can
-    /// restore the images too)
+    /// Make images runc and crun can restore: dump the network namespace
+    /// even when it holds nothing but loopback, and archive masked
+    /// directories (by default such a namespace is left out and the restore
+    /// gives the container a fresh one, and masked directories are named
+    /// external and come back as an empty read-only tmpfs — faster)
     #[arg(long)]
     pub dump_netns: bool,
     /// Pre-copy in one CRIU session: N pre-dump rounds (images in

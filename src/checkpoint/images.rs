@@ -52,6 +52,11 @@ pub struct Manifest {
     /// creates a fresh one (checkpoint::netns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fresh_netns: Option<crate::checkpoint::netns::FreshNetns>,
+    /// Masked directories (empty read-only tmpfs mounts) dumped as external
+    /// mounts under [`MASKED_DIR_KEY`](crate::checkpoint::request::MASKED_DIR_KEY):
+    /// the restore maps that key to an empty read-only tmpfs of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_dirs: Vec<String>,
     /// Size of every `*.img` CRIU left in the image directory (not for a
     /// dump whose pages went to a page server): restore refuses a missing
     /// or resized one before anything starts. CRIU itself does not check:
@@ -330,6 +335,7 @@ mod tests {
             descriptors: vec![],
             loopback_only: false,
             fresh_netns: None,
+            masked_dirs: vec![],
             image_sizes: Default::default(),
         }
     }

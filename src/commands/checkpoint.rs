@@ -77,6 +77,11 @@ pub(crate) fn container_facts(
             inside.exists() && !inside.is_dir()
         })
         .collect();
+    let masked_dirs = if dump_netns {
+        Vec::new()
+    } else {
+        masked_dirs(spec, pid)
+    };
     let config_file = crate::checkpoint::spec::criu_config_file(spec);
     let loopback = loopback_only(pid);
     let mut ext_netns = external_netns(spec)?;
@@ -100,6 +105,7 @@ pub(crate) fn container_facts(
             freeze_cgroup: freezer.map(janitor::Freezer::dir),
             external_mounts,
             masked_files,
+            masked_dirs,
             config_file,
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             loopback_only: loopback,
@@ -137,6 +143,36 @@ pub(crate) fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
 
 /// Whether `pid` has a network namespace of its own with no interface but
 /// loopback (/proc/PID/net/dev lists the interfaces of its namespace).
+/// config.json's masked paths that are, inside the container, an empty
+/// read-only tmpfs mounted there (what runtimes make of a masked
+/// directory): dumped as external mounts, not archived by CRIU's `tar`
+/// (request::MASKED_DIR_KEY). Anything else at such a path is dumped as
+/// CRIU finds it.
+fn masked_dirs(spec: &oci_spec::runtime::Spec, pid: i32) -> Vec<String> {
+    let masked = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default();
+    if masked.is_empty() {
+        return masked;
+    }
+    let mounts = crate::checkpoint::spec::mounts_of(Some(pid));
+    masked
+        .into_iter()
+        .filter(|p| {
+            // The topmost mount at that path decides what the container sees.
+            let top = mounts.iter().rev().find(|m| m.mount_point == Path::new(p));
+            let empty_ro_tmpfs = top.is_some_and(|m| {
+                m.fs_type == "tmpfs" && m.root == "/" && m.mount_options.contains_key("ro")
+            });
+            empty_ro_tmpfs
+                && std::fs::read_dir(format!("/proc/{pid}/root{p}"))
+                    .is_ok_and(|mut d| d.next().is_none())
+        })
+        .collect()
+}
+
 fn loopback_only(pid: i32) -> bool {
     let ns = |p: &str| std::fs::read_link(p).ok();
     let theirs = ns(&format!("/proc/{pid}/ns/net"));
@@ -426,6 +462,7 @@ pub(crate) fn dump(
         descriptors: read_descriptors(&opts.image_path),
         loopback_only: facts.loopback_only,
         fresh_netns: facts.fresh_netns,
+        masked_dirs: facts.masked_dirs.clone(),
         image_sizes: Default::default(),
     };
 

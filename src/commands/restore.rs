@@ -99,6 +99,8 @@ impl Notify for RestoreNotify<'_> {
 /// Everything a failed restore must undo.
 struct Undo {
     criu_root: Option<PathBuf>,
+    /// The empty read-only tmpfs for masked directories.
+    masked: Option<PathBuf>,
     container_dir: Option<PathBuf>,
     cgroup: Option<libcgroups::common::AnyCgroupManager>,
     pid: Option<i32>,
@@ -120,8 +122,13 @@ impl Undo {
         }
     }
 
+    /// Detach CRIU's root and the masked directories' tmpfs (the restored
+    /// container keeps its own mounts of the latter).
     fn unmount(&mut self) {
-        if let Some(r) = self.criu_root.take() {
+        for r in [self.criu_root.take(), self.masked.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = umount2(&r, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&r);
         }
@@ -291,6 +298,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let container_dir = state_root.join(&id);
     let mut undo = Undo {
         criu_root: None,
+        masked: None,
         container_dir: None,
         cgroup: None,
         pid: None,
@@ -341,6 +349,29 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             )
         })?;
         janitor.arm(Action::Umount(criu_root.clone()));
+        // The dump left its masked directories out (request::MASKED_DIR_KEY):
+        // one empty tmpfs, read-only for every mount of it, serves them all.
+        let masked_dirs_source = match manifest.as_ref().filter(|m| !m.masked_dirs.is_empty()) {
+            None => None,
+            Some(_) => {
+                let dir = container_dir.join("masked");
+                std::fs::create_dir(&dir)?;
+                undo.masked = Some(dir.clone());
+                mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                    Some("size=4k,mode=755"),
+                )
+                .with_context(|| format!("failed to mount a tmpfs on {}", dir.display()))?;
+                janitor.arm(Action::Umount(dir.clone()));
+                Some(dir)
+            }
+        };
         let youki =
             YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
@@ -392,6 +423,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             criu_root: criu_root.clone(),
             bind_mounts,
             has_masked_files,
+            masked_dirs_source,
             cgroup_root: Some(cgroup_root),
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             inherit_fds: inherit_fds(&o.image_path, o.stdio_fds)
