@@ -577,12 +577,16 @@ def test_loopback_only_netns_is_left_out_and_comes_back_alike(tmp_path):
     was; with --dump-netns it is dumped as runc dumps it. (runc always
     dumps it: the interop test above restores such images under runc.)"""
     rt = Runtime(OURS, tmp_path / "state")
+    held = None
     try:
         b = make_bundle(tmp_path / "b")
         rt.run_piped("run", "-d", "--bundle", b, "c1")
         wait_for(lambda: read_count(b) > 3, what="counter")
         flags = rt.run("exec", "c1", "cat", "/sys/class/net/lo/flags").stdout.strip()
-        ns_before = os.readlink(f"/proc/{rt.state('c1')['pid']}/ns/net")
+        # Held open: the kernel reuses a freed namespace's inode number, and
+        # the fresh namespace once got the dead one's (CI, session 10).
+        held = os.open(f"/proc/{rt.state('c1')['pid']}/ns/net", os.O_RDONLY)
+        ns_before = os.fstat(held).st_ino
         for k, extra in enumerate([(), ("--dump-netns",)]):
             img = tmp_path / f"img{k}"
             rt.run("checkpoint", *extra, "--image-path", img, "c1")
@@ -599,8 +603,10 @@ def test_loopback_only_netns_is_left_out_and_comes_back_alike(tmp_path):
             assert rt.run("exec", "c1", "cat", "/sys/class/net/lo/flags").stdout.strip() == flags
             devs = rt.run("exec", "c1", "cat", "/proc/net/dev").stdout
             assert [l.split(":")[0].strip() for l in devs.splitlines()[2:]] == ["lo"], devs
-            assert os.readlink(f"/proc/{rt.state('c1')['pid']}/ns/net") != ns_before
+            assert os.stat(f"/proc/{rt.state('c1')['pid']}/ns/net").st_ino != ns_before
     finally:
+        if held is not None:
+            os.close(held)
         rt.cleanup()
 
 
