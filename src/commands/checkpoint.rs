@@ -80,7 +80,7 @@ pub(crate) fn container_facts(
     let masked_dirs = if dump_netns {
         Vec::new()
     } else {
-        masked_dirs(spec, pid)
+        empty_masked_dirs(spec, pid)
     };
     let config_file = crate::checkpoint::spec::criu_config_file(spec);
     let loopback = loopback_only(pid);
@@ -141,14 +141,12 @@ pub(crate) fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         .clone()
 }
 
-/// Whether `pid` has a network namespace of its own with no interface but
-/// loopback (/proc/PID/net/dev lists the interfaces of its namespace).
 /// config.json's masked paths that are, inside the container, an empty
 /// read-only tmpfs mounted there (what runtimes make of a masked
 /// directory): dumped as external mounts, not archived by CRIU's `tar`
 /// (request::MASKED_DIR_KEY). Anything else at such a path is dumped as
 /// CRIU finds it.
-fn masked_dirs(spec: &oci_spec::runtime::Spec, pid: i32) -> Vec<String> {
+fn empty_masked_dirs(spec: &oci_spec::runtime::Spec, pid: i32) -> Vec<String> {
     let masked = spec
         .linux()
         .as_ref()
@@ -173,6 +171,8 @@ fn masked_dirs(spec: &oci_spec::runtime::Spec, pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Whether `pid` has a network namespace of its own with no interface but
+/// loopback (/proc/PID/net/dev lists the interfaces of its namespace).
 fn loopback_only(pid: i32) -> bool {
     let ns = |p: &str| std::fs::read_link(p).ok();
     let theirs = ns(&format!("/proc/{pid}/ns/net"));
