@@ -102,14 +102,15 @@ pub fn v1_cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
     (!dirs.is_empty()).then_some(dirs)
 }
 
-/// cgroup filesystems mounted inside a running container (mount points as
-/// the container sees them). CRIU cannot dump them — their root is a
+/// cgroup filesystems mounted inside a running container (`mounts`: its
+/// mount table, `mounts_of(Some(pid))`; mount points as the container sees
+/// them). CRIU cannot dump them — their root is a
 /// subdirectory of the host's hierarchy ("doesn't have a proper root
 /// mount") — so a dump names each as an external mount, as runc does for
 /// its cgroup binds (`addCriuDumpMount` in libcontainer/criu_linux.go).
-pub fn cgroup_mounts_of(pid: i32) -> Vec<String> {
-    mounts_of(Some(pid))
-        .into_iter()
+pub fn cgroup_mounts_in(mounts: &[procfs::process::MountInfo]) -> Vec<String> {
+    mounts
+        .iter()
         .filter(|m| matches!(m.fs_type.as_str(), "cgroup" | "cgroup2"))
         .map(|m| m.mount_point.display().to_string())
         .collect()

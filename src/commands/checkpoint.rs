@@ -49,7 +49,7 @@ pub(crate) fn container_facts(
     spec: &oci_spec::runtime::Spec,
     pid: i32,
     freezer: Option<&janitor::Freezer>,
-    dump_netns: bool,
+    runc_images: bool,
 ) -> Result<(ContainerFacts, SpecFacts)> {
     let root = spec.root().as_ref().context("config.json has no root")?;
     let rootfs = if root.path().is_absolute() {
@@ -65,28 +65,15 @@ pub(crate) fn container_facts(
             external_mounts.push(m.destination().display().to_string());
         }
     }
-    external_mounts.extend(crate::checkpoint::spec::cgroup_mounts_of(pid));
-    let masked_files = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.masked_paths().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            let inside = PathBuf::from(format!("/proc/{pid}/root{p}"));
-            inside.exists() && !inside.is_dir()
-        })
-        .collect();
-    let masked_dirs = if dump_netns {
-        Vec::new()
-    } else {
-        empty_masked_dirs(spec, pid)
-    };
+    // The container's mount table, read once.
+    let mounts = crate::checkpoint::spec::mounts_of(Some(pid));
+    external_mounts.extend(crate::checkpoint::spec::cgroup_mounts_in(&mounts));
+    let (masked_files, masked_dirs) = masked_paths(spec, pid, &mounts, !runc_images);
     let config_file = crate::checkpoint::spec::criu_config_file(spec);
     let loopback = loopback_only(pid);
     let mut ext_netns = external_netns(spec)?;
     // A loopback-only namespace of its own is left out (checkpoint::netns).
-    let fresh_netns = if !dump_netns
+    let fresh_netns = if !runc_images
         && ext_netns.is_none()
         && crate::checkpoint::netns::skippable(pid, loopback, spec)
     {
@@ -141,34 +128,44 @@ pub(crate) fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         .clone()
 }
 
-/// config.json's masked paths that are, inside the container, an empty
-/// read-only tmpfs mounted there (what runtimes make of a masked
-/// directory): dumped as external mounts, not archived by CRIU's `tar`
-/// (request::MASKED_DIR_KEY). Anything else at such a path is dumped as
-/// CRIU finds it.
-fn empty_masked_dirs(spec: &oci_spec::runtime::Spec, pid: i32) -> Vec<String> {
+/// config.json's masked paths as they are inside the container (`mounts`:
+/// its mount table): (masked files — bind mounts of /dev/null, external
+/// as runc names them — and, if `dirs`, masked directories that are an
+/// empty read-only tmpfs mounted there, what runtimes make of one: external
+/// under request::MASKED_DIR_KEY rather than archived by CRIU's `tar`).
+/// Anything else at such a path is dumped as CRIU finds it.
+fn masked_paths(
+    spec: &oci_spec::runtime::Spec,
+    pid: i32,
+    mounts: &[procfs::process::MountInfo],
+    dirs: bool,
+) -> (Vec<String>, Vec<String>) {
+    let (mut files, mut empty_dirs) = (Vec::new(), Vec::new());
     let masked = spec
         .linux()
         .as_ref()
-        .and_then(|l| l.masked_paths().clone())
-        .unwrap_or_default();
-    if masked.is_empty() {
-        return masked;
+        .and_then(|l| l.masked_paths().as_ref());
+    for p in masked.into_iter().flatten() {
+        let inside = PathBuf::from(format!("/proc/{pid}/root{p}"));
+        if !inside.is_dir() {
+            if inside.exists() {
+                files.push(p.clone());
+            }
+            continue;
+        }
+        // The topmost mount at that path decides what the container sees.
+        let top = mounts.iter().rev().find(|m| m.mount_point == Path::new(p));
+        let empty_ro_tmpfs = top.is_some_and(|m| {
+            m.fs_type == "tmpfs" && m.root == "/" && m.mount_options.contains_key("ro")
+        });
+        if dirs
+            && empty_ro_tmpfs
+            && std::fs::read_dir(&inside).is_ok_and(|mut d| d.next().is_none())
+        {
+            empty_dirs.push(p.clone());
+        }
     }
-    let mounts = crate::checkpoint::spec::mounts_of(Some(pid));
-    masked
-        .into_iter()
-        .filter(|p| {
-            // The topmost mount at that path decides what the container sees.
-            let top = mounts.iter().rev().find(|m| m.mount_point == Path::new(p));
-            let empty_ro_tmpfs = top.is_some_and(|m| {
-                m.fs_type == "tmpfs" && m.root == "/" && m.mount_options.contains_key("ro")
-            });
-            empty_ro_tmpfs
-                && std::fs::read_dir(format!("/proc/{pid}/root{p}"))
-                    .is_ok_and(|mut d| d.next().is_none())
-        })
-        .collect()
+    (files, empty_dirs)
 }
 
 /// Whether `pid` has a network namespace of its own with no interface but
@@ -390,11 +387,12 @@ pub(crate) fn dump(
             }
         });
     }
-    // Post-copy: the restore starts before our manifest is written (it
-    // follows CRIU's answer), so it could not know the namespace was left
-    // out: dumped.
-    let dump_netns = opts.dump_netns || opts.common.lazy_pages;
-    let (facts, spec_facts) = container_facts(&c, &spec, pid, freezer.as_ref(), dump_netns)?;
+    // Images as runc makes them (the namespace dumped, masked directories
+    // archived): asked for (`--dump-netns`), or post-copy — the restore
+    // starts before our manifest is written (it follows CRIU's answer), so
+    // it could not know what was left out.
+    let runc_images = opts.dump_netns || opts.common.lazy_pages;
+    let (facts, spec_facts) = container_facts(&c, &spec, pid, freezer.as_ref(), runc_images)?;
     // How the dumped container will be removed (CRIU kills it unless it is
     // left running; kept frozen, it returned above), read while CRIU starts.
     let removal =
