@@ -57,6 +57,11 @@ pub struct Manifest {
     /// the restore maps that key to an empty read-only tmpfs of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked_dirs: Vec<String>,
+    /// Every task of the source shared init's cgroups (no child cgroups):
+    /// a restore may let the restored tree inherit CRIU's cgroups instead
+    /// of CRIU moving it (commands::restore).
+    #[serde(default)]
+    pub one_cgroup_set: bool,
     /// Size of every `*.img` CRIU left in the image directory (not for a
     /// dump whose pages went to a page server): restore refuses a missing
     /// or resized one before anything starts. CRIU itself does not check:
@@ -336,6 +341,7 @@ mod tests {
             loopback_only: false,
             fresh_netns: None,
             masked_dirs: vec![],
+            one_cgroup_set: false,
             image_sizes: Default::default(),
         }
     }

@@ -37,6 +37,8 @@ pub struct ContainerFacts {
     pub cgroup_controllers: Vec<String>,
     /// The container has its own network namespace with nothing but `lo`.
     pub loopback_only: bool,
+    /// Every task shares init's cgroups (spec::one_cgroup_set).
+    pub one_cgroup_set: bool,
     /// Inode of an external network namespace (config.json names a path,
     /// or a loopback-only one left out: `fresh_netns`): not dumped, CRIU
     /// records it as `extRootNetNS`.
@@ -214,6 +216,11 @@ pub struct RestoreFacts {
     pub config_file: Option<PathBuf>,
     /// The dump's network namespace had nothing but `lo` (our manifest).
     pub loopback_only: bool,
+    /// CRIU already sits in the container's cgroups and every restored task
+    /// belongs there: CRIU leaves them where they are born
+    /// (`--manage-cgroups-mode ignore`) instead of moving the root task,
+    /// which would wait for a kernel grace period (commands::restore).
+    pub cgroups_inherited: bool,
 }
 
 /// RESTORE, as runc's `Restore` (libcontainer/criu_linux.go) builds it.
@@ -233,6 +240,9 @@ pub fn restore_request(
     opts.evasive_devices = Some(true);
     if f.loopback_only {
         skip_network_lock(&mut opts);
+    }
+    if f.cgroups_inherited {
+        opts.manage_cgroups_mode = Some(EnumOrUnknown::new(Criu_cg_mode::IGNORE));
     }
     if let Some(p) = &o.lsm_profile {
         opts.lsm_profile = Some(p.clone());
@@ -319,6 +329,7 @@ mod tests {
             config_file: None,
             cgroup_controllers: vec!["freezer".into()],
             loopback_only: true,
+            one_cgroup_set: true,
             external_netns: Some(4026532001),
             fresh_netns: None,
         };
@@ -356,7 +367,7 @@ mod tests {
 
     #[test]
     fn restore_request_maps_new_host_ok() {
-        let o = RestoreOptions {
+        let ropts = RestoreOptions {
             id: "c2".into(),
             image_path: "/img".into(),
             work_path: "/w".into(),
@@ -379,8 +390,9 @@ mod tests {
             config_file: None,
             cgroup_controllers: vec!["memory".into(), "name=systemd".into()],
             loopback_only: false,
+            cgroups_inherited: false,
         };
-        let r = restore_request(&o, &f, 5, 6);
+        let r = restore_request(&ropts, &f, 5, 6);
         assert_eq!(r.type_(), Criu_req_type::RESTORE);
         let o = r.opts.as_ref().unwrap();
         assert!(o.rst_sibling() && o.manage_cgroups() && o.orphan_pts_master());
@@ -407,6 +419,16 @@ mod tests {
             ("pipe:[123]", 1)
         );
         assert_eq!(o.log_file(), "restore.log");
+        // CRIU moves the restored root task into the dumped cgroups (soft)
+        // unless the tree inherits CRIU's.
+        assert!(o.manage_cgroups_mode.is_none());
+        let f = RestoreFacts {
+            cgroups_inherited: true,
+            ..f
+        };
+        let r = restore_request(&ropts, &f, 5, 6);
+        let o = r.opts.as_ref().unwrap();
+        assert_eq!(o.manage_cgroups_mode(), Criu_cg_mode::IGNORE);
     }
 
     #[test]

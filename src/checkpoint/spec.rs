@@ -81,25 +81,173 @@ const MANAGED_V1: [&str; 12] = [
     "freezer",
 ];
 
-/// A container's cgroup directories on a v1 (or hybrid) host: one per v1
-/// hierarchy holding a controller libcgroups manages, found with one read
-/// of the mount table (libcgroups' manager reads it once per controller).
-/// None on a pure cgroup v2 host.
-pub fn v1_cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
-    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
-    let mut dirs = Vec::new();
+/// The v1 hierarchies libcgroups' manager places a container in, as
+/// (mount point, controllers), found with one read of the mount table
+/// (libcgroups' manager reads it once per controller). None on a pure
+/// cgroup v2 host.
+fn managed_v1_mounts() -> Option<Vec<(PathBuf, Vec<String>)>> {
+    let mut found: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for m in mounts_of(None) {
         if m.fs_type == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup") {
             return None;
         }
-        if m.fs_type == "cgroup" && MANAGED_V1.iter().any(|c| m.super_options.contains_key(*c)) {
-            let d = m.mount_point.join(rel);
-            if !dirs.contains(&d) {
-                dirs.push(d);
+        let ctrls: Vec<String> = MANAGED_V1
+            .iter()
+            .filter(|c| m.super_options.contains_key(**c))
+            .map(|c| c.to_string())
+            .collect();
+        if m.fs_type == "cgroup"
+            && !ctrls.is_empty()
+            && !found.iter().any(|(p, _)| *p == m.mount_point)
+        {
+            found.push((m.mount_point.clone(), ctrls));
+        }
+    }
+    (!found.is_empty()).then_some(found)
+}
+
+/// A container's cgroup directories on a v1 (or hybrid) host: one per v1
+/// hierarchy holding a controller libcgroups manages. None on a pure
+/// cgroup v2 host.
+pub fn v1_cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    Some(
+        managed_v1_mounts()?
+            .into_iter()
+            .map(|(mount_point, _)| mount_point.join(rel))
+            .collect(),
+    )
+}
+
+/// Create a container's v1 cgroup directories (`v1_cgroup_dirs`) without
+/// moving any task into them: what libcgroups' `add_task` does before its
+/// write to `cgroup.procs`, including a new cpuset's `cpuset.cpus` and
+/// `cpuset.mems`, copied down from the parent (a task cannot join a cpuset
+/// with none). None on a cgroup v2 host.
+pub fn create_v1_cgroup_dirs(cgroup_path: &Path) -> Option<std::io::Result<Vec<PathBuf>>> {
+    let dirs = v1_cgroup_dirs(cgroup_path)?;
+    Some(
+        dirs.iter()
+            .try_for_each(|d| create_cgroup_dir(d))
+            .map(|()| dirs),
+    )
+}
+
+fn create_cgroup_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_cgroup_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let own = dir.join(f);
+        let Ok(v) = std::fs::read_to_string(&own) else {
+            return Ok(()); // not the cpuset hierarchy
+        };
+        if v.trim().is_empty() {
+            let from = dir.parent().map(|p| p.join(f)).unwrap_or_default();
+            std::fs::write(&own, std::fs::read_to_string(&from)?.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// This thread, moved into cgroup directories (`v1_cgroup_dirs`) and back
+/// when dropped: a process it forks meanwhile starts in them.
+///
+/// A thread moving itself — "0" written to `tasks` — is the one cgroup
+/// migration the kernel does without its global threadgroup lock, whose
+/// first taking after a quiet spell waits an RCU grace period (~7–9 ms on
+/// a host without `favordynmods`, docs/performance.md). runc moves CRIU
+/// into the container's cgroup by pid (`criuApplyCgroups`), which pays it.
+pub struct ThreadInCgroups {
+    back: Vec<PathBuf>,
+}
+
+impl ThreadInCgroups {
+    pub fn enter(dirs: &[PathBuf]) -> std::io::Result<ThreadInCgroups> {
+        // Where this thread is now, in the same hierarchies (same order).
+        let own = cgroups_of(None);
+        let back: Vec<PathBuf> = managed_v1_mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(mount_point, ctrls)| {
+                let line = own
+                    .iter()
+                    .find(|c| c.controllers.iter().any(|x| ctrls.contains(x)))?;
+                Some(mount_point.join(line.pathname.trim_start_matches('/')))
+            })
+            .collect();
+        if back.len() != dirs.len() {
+            return Err(std::io::Error::other("cgroup hierarchies changed"));
+        }
+        let mut moved = ThreadInCgroups { back: Vec::new() };
+        for (d, b) in dirs.iter().zip(back) {
+            std::fs::write(d.join("tasks"), "0")?;
+            moved.back.push(b);
+        }
+        Ok(moved)
+    }
+}
+
+impl Drop for ThreadInCgroups {
+    fn drop(&mut self) {
+        for b in &self.back {
+            if let Err(e) = std::fs::write(b.join("tasks"), "0") {
+                tracing::warn!("cannot move back into {}: {e}", b.display());
             }
         }
     }
-    (!dirs.is_empty()).then_some(dirs)
+}
+
+/// Whether every task of a container shares its init's cgroups: no child
+/// cgroup under any of its v1 directories and every task in them has the
+/// same `/proc/PID/cgroup` as init. Then a restore may let the restored
+/// tree inherit CRIU's cgroups (CRIU's `--manage-cgroups-mode ignore`).
+pub fn one_cgroup_set(pid: i32) -> bool {
+    let own = cgroups_of(Some(pid));
+    let Some(mounts) = managed_v1_mounts() else {
+        return false;
+    };
+    let mut tasks = String::new();
+    for (mount_point, ctrls) in mounts {
+        let Some(line) = own
+            .iter()
+            .find(|c| c.controllers.iter().any(|x| ctrls.contains(x)))
+        else {
+            return false;
+        };
+        let dir = mount_point.join(line.pathname.trim_start_matches('/'));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        if entries
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            return false;
+        }
+        if tasks.is_empty() {
+            tasks = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        }
+    }
+    let cgroup_file = |p: i32| std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok();
+    let Some(init) = cgroup_file(pid) else {
+        return false;
+    };
+    let mut n = 0;
+    for p in tasks.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        n += 1;
+        if p != pid && cgroup_file(p).as_ref() != Some(&init) {
+            return false;
+        }
+    }
+    n > 0
 }
 
 /// cgroup filesystems mounted inside a running container (`mounts`: its

@@ -96,6 +96,7 @@ pub(crate) fn container_facts(
             config_file,
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             loopback_only: loopback,
+            one_cgroup_set: crate::checkpoint::spec::one_cgroup_set(pid),
             external_netns: ext_netns,
             fresh_netns,
         },
@@ -461,6 +462,7 @@ pub(crate) fn dump(
         loopback_only: facts.loopback_only,
         fresh_netns: facts.fresh_netns,
         masked_dirs: facts.masked_dirs.clone(),
+        one_cgroup_set: facts.one_cgroup_set,
         image_sizes: Default::default(),
     };
 

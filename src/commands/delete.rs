@@ -36,8 +36,34 @@ pub fn delete(args: DeleteArgs, ctx: &Ctx) -> Result<()> {
     if args.force {
         return force_delete(&mut c);
     }
+    remove_child_cgroups(&c);
     c.delete(false)
         .with_context(|| format!("failed to delete container \"{id}\""))
+}
+
+/// Child cgroups a container made under its own (v1) removed, deepest
+/// first, before libcontainer removes the container's, which it cannot
+/// while they exist (runc's `RemovePath` removes them). Its processes are
+/// dead by now; one left in a child is killed (janitor::remove_cgroup_dir).
+fn remove_child_cgroups(c: &libcontainer::container::Container) {
+    if c.systemd() {
+        return;
+    }
+    let Ok(cfg) = libcontainer::config::YoukiConfig::load(&c.root) else {
+        return;
+    };
+    for dir in crate::checkpoint::spec::v1_cgroup_dirs(&cfg.cgroup_path).unwrap_or_default() {
+        for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Err(e) = crate::criu::janitor::remove_cgroup_dir(&child.path()) {
+                    tracing::warn!(
+                        "cannot remove the child cgroup {}: {e}",
+                        child.path().display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `delete --force`: every process killed and gone, then the container
@@ -46,6 +72,7 @@ pub(crate) fn force_delete(c: &mut libcontainer::container::Container) -> Result
     if c.status() != ContainerStatus::Stopped {
         reap_all(c);
     }
+    remove_child_cgroups(c);
     let id = c.id().to_string();
     c.delete(true)
         .with_context(|| format!("failed to delete container \"{id}\""))

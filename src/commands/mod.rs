@@ -139,6 +139,20 @@ pub fn spawn_criu(
     inherit_stdio: bool,
     tls: bool,
 ) -> Result<crate::criu::session::Session> {
+    spawn_criu_in(ctx, work_dir, inherit_stdio, tls, None).map(|(s, _)| s)
+}
+
+/// [`spawn_criu`], CRIU started in the cgroup directories `cgroups` (the
+/// spawning thread moves itself there and back, spec::ThreadInCgroups).
+/// Also says whether it did: if this thread cannot move, CRIU starts where
+/// we are.
+pub fn spawn_criu_in(
+    ctx: &Ctx,
+    work_dir: &std::path::Path,
+    inherit_stdio: bool,
+    tls: bool,
+    cgroups: Option<&[std::path::PathBuf]>,
+) -> Result<(crate::criu::session::Session, bool)> {
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu.clone(),
         timeout: checkpoint::criu_timeout(ctx)?,
@@ -148,7 +162,15 @@ pub fn spawn_criu(
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
     kdat_cache(ctx, &cfg);
-    Ok(crate::criu::session::Session::start(cfg, Some(cancel))?)
+    let moved = cgroups.and_then(|dirs| {
+        crate::checkpoint::spec::ThreadInCgroups::enter(dirs)
+            .inspect_err(|e| tracing::debug!("CRIU starts outside the container's cgroup: {e}"))
+            .ok()
+    });
+    let placed = moved.is_some();
+    let session = crate::criu::session::Session::start(cfg, Some(cancel));
+    drop(moved);
+    Ok((session?, placed))
 }
 
 /// The janitor kills CRIU's group and detaches its cgroup mounts if the

@@ -96,6 +96,17 @@ impl Notify for RestoreNotify<'_> {
     }
 }
 
+/// config.json asks for a cgroup namespace.
+fn has_cgroup_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        })
+}
+
 /// Everything a failed restore must undo.
 struct Undo {
     criu_root: Option<PathBuf>,
@@ -317,14 +328,31 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))??,
             );
         }
-        let mut session = super::spawn_criu(
+        let youki =
+            YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
+        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        // The container's v1 cgroups are made first and CRIU is started in
+        // them (spec::ThreadInCgroups): no task is moved by pid, which would
+        // wait for a kernel grace period. Elsewhere (cgroup v2, systemd)
+        // CRIU is moved in below, as runc does.
+        let cgroup_dirs = match ctx.global.systemd_cgroup {
+            true => None,
+            false => crate::checkpoint::spec::create_v1_cgroup_dirs(&youki.cgroup_path),
+        };
+        if cgroup_dirs.is_some() {
+            janitor.arm(Action::RemoveCgroups(youki.cgroup_path.clone()));
+        }
+        let cgroup_dirs = cgroup_dirs
+            .transpose()
+            .context("failed to create the container's cgroup")?;
+        let (mut session, criu_in_cgroup) = super::spawn_criu_in(
             ctx,
             &o.work_path,
             true,
             o.common
                 .may_use_tls(o.page_server.is_some(), config_file.is_some()),
+            cgroup_dirs.as_deref(),
         )?;
-        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
         super::arm_janitor(&mut janitor, &session, &o.work_path);
         tracing::debug!(phase = "CRIU and the janitor started", "restore");
         std::fs::create_dir(&container_dir)
@@ -372,8 +400,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 Some(dir)
             }
         };
-        let youki =
-            YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
         let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
             cgroup_path: youki.cgroup_path.clone(),
             systemd_cgroup: ctx.global.systemd_cgroup,
@@ -386,12 +412,16 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // state dir go too, after CRIU's root is detached (armed after it,
         // right after the mount: the janitor runs actions in order).
         janitor.arm(Action::RemoveDir(container_dir.clone()));
-        janitor.arm(Action::RemoveCgroups(youki.cgroup_path.clone()));
+        if cgroup_dirs.is_none() {
+            janitor.arm(Action::RemoveCgroups(youki.cgroup_path.clone()));
+        }
         // CRIU itself goes into the container's cgroup, so the tasks it
         // restores land there (runc's criuApplyCgroups).
-        manager
-            .add_task(session.pgid())
-            .context("failed to move CRIU into the container's cgroup")?;
+        if !criu_in_cgroup {
+            manager
+                .add_task(session.pgid())
+                .context("failed to move CRIU into the container's cgroup")?;
+        }
         let default_resources = Default::default();
         let resources = spec
             .linux()
@@ -437,6 +467,14 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                 .collect(),
             config_file,
             loopback_only: manifest.as_ref().is_some_and(|m| m.loopback_only),
+            // The restored tree stays in CRIU's cgroups only where that is
+            // where the dump found all of it, CRIU is in the container's
+            // and no mode was asked for; a cgroup namespace needs CRIU's
+            // cgroup handling (it restores it).
+            cgroups_inherited: criu_in_cgroup
+                && o.common.manage_cgroups_mode.is_none()
+                && manifest.as_ref().is_some_and(|m| m.one_cgroup_set)
+                && !has_cgroup_namespace(spec),
         };
         let images = File::open(&o.image_path)?;
         let work = File::open(&o.work_path)?;

@@ -132,8 +132,9 @@ impl Action {
 }
 
 /// Remove an empty (or emptying) cgroup directory: a task that was just
-/// killed may still be exiting (EBUSY); any left is killed. Gives up after
-/// ~1 s of EBUSY.
+/// killed may still be exiting (EBUSY); any left is killed. Child cgroups
+/// the container made go first, deepest first (runc's `RemovePath` does
+/// the same). Gives up after ~1 s of EBUSY.
 pub fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(256));
     let mut waited = Duration::ZERO;
@@ -142,6 +143,11 @@ pub fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited.as_millis() < 1024 => {
+                for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if child.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_cgroup_dir(&child.path())?;
+                    }
+                }
                 for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
                     .unwrap_or_default()
                     .lines()
