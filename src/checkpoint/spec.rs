@@ -124,13 +124,22 @@ pub fn v1_cgroup_dirs(cgroup_path: &Path) -> Option<Vec<PathBuf>> {
 /// write to `cgroup.procs`, including a new cpuset's `cpuset.cpus` and
 /// `cpuset.mems`, copied down from the parent (a task cannot join a cpuset
 /// with none). None on a cgroup v2 host.
-pub fn create_v1_cgroup_dirs(cgroup_path: &Path) -> Option<std::io::Result<Vec<PathBuf>>> {
-    let dirs = v1_cgroup_dirs(cgroup_path)?;
+pub fn create_v1_cgroup_dirs(cgroup_path: &Path) -> Option<std::io::Result<V1Cgroup>> {
+    let mounts = managed_v1_mounts()?;
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    let dirs: Vec<PathBuf> = mounts.iter().map(|(m, _)| m.join(rel)).collect();
     Some(
         dirs.iter()
             .try_for_each(|d| create_cgroup_dir(d))
-            .map(|()| dirs),
+            .map(|()| V1Cgroup { mounts, dirs }),
     )
+}
+
+/// A container's cgroup on a v1 (or hybrid) host, its directories made.
+pub struct V1Cgroup {
+    /// (mount point, controllers) of each hierarchy, as `dirs`.
+    mounts: Vec<(PathBuf, Vec<String>)>,
+    pub dirs: Vec<PathBuf>,
 }
 
 fn create_cgroup_dir(dir: &Path) -> std::io::Result<()> {
@@ -170,12 +179,13 @@ pub struct ThreadInCgroups {
 }
 
 impl ThreadInCgroups {
-    pub fn enter(dirs: &[PathBuf]) -> std::io::Result<ThreadInCgroups> {
+    pub fn enter(cgroup: &V1Cgroup) -> std::io::Result<ThreadInCgroups> {
+        let dirs = &cgroup.dirs;
         // Where this thread is now, in the same hierarchies (same order).
         let own = cgroups_of(None);
-        let back: Vec<PathBuf> = managed_v1_mounts()
-            .unwrap_or_default()
-            .into_iter()
+        let back: Vec<PathBuf> = cgroup
+            .mounts
+            .iter()
             .filter_map(|(mount_point, ctrls)| {
                 let line = own
                     .iter()

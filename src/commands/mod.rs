@@ -151,7 +151,7 @@ pub fn spawn_criu_in(
     work_dir: &std::path::Path,
     inherit_stdio: bool,
     tls: bool,
-    cgroups: Option<&[std::path::PathBuf]>,
+    cgroups: Option<&crate::checkpoint::spec::V1Cgroup>,
 ) -> Result<(crate::criu::session::Session, bool)> {
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu.clone(),
@@ -162,8 +162,8 @@ pub fn spawn_criu_in(
     };
     let cancel = crate::criu::cancel::install().context("failed to install signal handlers")?;
     kdat_cache(ctx, &cfg);
-    let moved = cgroups.and_then(|dirs| {
-        crate::checkpoint::spec::ThreadInCgroups::enter(dirs)
+    let moved = cgroups.and_then(|cg| {
+        crate::checkpoint::spec::ThreadInCgroups::enter(cg)
             .inspect_err(|e| tracing::debug!("CRIU starts outside the container's cgroup: {e}"))
             .ok()
     });

@@ -223,6 +223,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     let id = o.id.clone();
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
+    let janitor = Janitor::spawn().context("failed to start the janitor process")?;
     ctx.store.ensure_free(&id)?;
     let bundle = Bundle::open(args.launch.bundle.as_deref())?;
     let manifest = check_images(&o)?;
@@ -330,7 +331,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         }
         let youki =
             YoukiConfig::from_spec(spec, &id).context("invalid linux section in config.json")?;
-        let mut janitor = Janitor::spawn().context("failed to start the janitor process")?;
+        let mut janitor = janitor;
         // The container's v1 cgroups are made first and CRIU is started in
         // them (spec::ThreadInCgroups): no task is moved by pid, which would
         // wait for a kernel grace period. Elsewhere (cgroup v2, systemd)
@@ -351,7 +352,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             true,
             o.common
                 .may_use_tls(o.page_server.is_some(), config_file.is_some()),
-            cgroup_dirs.as_deref(),
+            cgroup_dirs.as_ref(),
         )?;
         super::arm_janitor(&mut janitor, &session, &o.work_path);
         tracing::debug!(phase = "CRIU and the janitor started", "restore");
