@@ -168,6 +168,11 @@ def test_repeated_restores_do_not_nest_or_leak_cgroups(rt, tmp_path):
 MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "devices", "memory", "pids", "freezer", "blkio")
 
 
+def new_cgroup_dirs(before, tag):
+    """cgroup directories made since `before` (cgroup_dirs()) whose path has `tag`."""
+    return sorted(d for d in cgroup_dirs() - before if tag in d)
+
+
 def v1_cgroups(pid):
     """{controller: path} of a process, for the v1 controllers runtimes
     place a container in (the ones this host mounts)."""
@@ -209,8 +214,7 @@ def test_restored_tree_lands_in_the_new_containers_cgroups(rt, tmp_path):
             log = (img / "restore.log").read_text(errors="replace")
             assert "Move into" not in log, "CRIU moved a restored task between cgroups"
         rt.run("delete", "--force", "cg-dst")
-        left = sorted(d for d in cgroup_dirs() - before if "cg-" in d)
-        assert not left, left
+        assert not new_cgroup_dirs(before, "cg-")
     finally:
         rt.cleanup()
 
@@ -257,8 +261,7 @@ def test_container_with_a_child_cgroup_checkpoints_restores_and_deletes(rt, tmp_
         start_piped(rt, b, "nest-del")
         into_child("nest-del")
         rt.run("delete", "--force", "nest-del")
-        left = sorted(d for d in cgroup_dirs() - before if "nest-" in d)
-        assert not left, left
+        assert not new_cgroup_dirs(before, "nest-")
     finally:
         rt.cleanup()
 
