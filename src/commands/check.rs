@@ -190,8 +190,10 @@ fn cgroup_move_time() -> Option<std::time::Duration> {
 }
 
 /// Whether moving a task between cgroups waits for an RCU grace period.
-/// Every restore moves CRIU into the container's cgroup (runc does too);
-/// the kernel's cgroup_threadgroup_rwsem makes the first such move after a
+/// runc's restores move CRIU into the container's cgroup by pid (ours do
+/// on cgroup v2 and with systemd cgroups; on v1 cgroupfs they start CRIU
+/// inside it: spec::ThreadInCgroups); the kernel's cgroup_threadgroup_rwsem
+/// makes the first such move after a
 /// quiet spell wait one grace period (~8 ms here) unless a hierarchy is, or
 /// was, mounted with `favordynmods` (docs/performance.md). Measured, since
 /// on 6.18 the mount option can vanish from the mount table while its
@@ -224,8 +226,10 @@ fn cgroup_migration_line() {
                 false,
                 what,
                 &format!(
-                    "a move took {:.1} ms: each restore pays this to move CRIU into the container's \
-                     cgroup; `mount -o remount,favordynmods {}` removes it (kernel >= 6.0), at the \
+                    "a move took {:.1} ms: paid by every restore that moves a task by pid (runc's; \
+                     ours on cgroup v2 or with systemd cgroups, or when CRIU moves the restored \
+                     tasks itself — on v1 cgroupfs ours starts CRIU inside the container's cgroup \
+                     instead); `mount -o remount,favordynmods {}` removes it (kernel >= 6.0), at the \
                      cost of slightly slower fork and exit host-wide; since 6.18 it stays on until reboot",
                     t.as_secs_f64() * 1e3,
                     v2.as_deref().unwrap_or("<a cgroup mount>")
