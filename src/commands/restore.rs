@@ -115,6 +115,8 @@ struct Undo {
     container_dir: Option<PathBuf>,
     cgroup: Option<libcgroups::common::AnyCgroupManager>,
     pid: Option<i32>,
+    /// The mounts above, being detached on a thread (`detach_in_background`).
+    detaching: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Undo {
@@ -136,12 +138,36 @@ impl Undo {
     /// Detach CRIU's root and the masked directories' tmpfs (the restored
     /// container keeps its own mounts of the latter).
     fn unmount(&mut self) {
+        self.wait_detached();
         for r in [self.criu_root.take(), self.masked.take()]
             .into_iter()
             .flatten()
         {
             let _ = umount2(&r, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&r);
+        }
+    }
+
+    /// Once CRIU has restored, nothing needs CRIU's root or the masked
+    /// directories' tmpfs (the container holds its own mounts): detached
+    /// on a thread (~0.6 ms here) while the container is registered;
+    /// joined before the restore returns, or by `run`.
+    fn detach_in_background(&mut self) {
+        let mounts: Vec<PathBuf> = [self.criu_root.take(), self.masked.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.detaching = Some(std::thread::spawn(move || {
+            for r in mounts {
+                let _ = umount2(&r, MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(&r);
+            }
+        }));
+    }
+
+    fn wait_detached(&mut self) {
+        if let Some(t) = self.detaching.take() {
+            let _ = t.join();
         }
     }
 }
@@ -314,6 +340,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         container_dir: None,
         cgroup: None,
         pid: None,
+        detaching: None,
     };
     let mut criu_time = std::time::Duration::ZERO;
     let result = (|| -> Result<(i32, u32)> {
@@ -514,6 +541,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let notified = notify.pid;
         undo.pid = notified;
         let resp = resp?;
+        undo.detach_in_background();
         // Nothing more to ask: CRIU exits while the container is
         // registered (reaped last).
         session.hang_up();
@@ -544,7 +572,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             .context("failed to save the container's config")?;
         c.save().context("failed to save the container's state")?;
         tracing::debug!(phase = "registered", "restore");
-        undo.unmount();
         if let Some(pid_file) = &args.launch.pid_file {
             std::fs::write(pid_file, pid.to_string())
                 .with_context(|| format!("failed to write the pid file {}", pid_file.display()))?;
@@ -557,6 +584,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // container is registered; reaped last.
         session.close();
         drop(janitor_exit);
+        undo.wait_detached();
         Ok((pid, version))
     })();
 
