@@ -37,8 +37,6 @@ pub struct ContainerFacts {
     pub cgroup_controllers: Vec<String>,
     /// The container has its own network namespace with nothing but `lo`.
     pub loopback_only: bool,
-    /// Every task shares init's cgroups (spec::one_cgroup_set).
-    pub one_cgroup_set: bool,
     /// Inode of an external network namespace (config.json names a path,
     /// or a loopback-only one left out: `fresh_netns`): not dumped, CRIU
     /// records it as `extRootNetNS`.
@@ -329,7 +327,6 @@ mod tests {
             config_file: None,
             cgroup_controllers: vec!["freezer".into()],
             loopback_only: true,
-            one_cgroup_set: true,
             external_netns: Some(4026532001),
             fresh_netns: None,
         };

@@ -96,7 +96,6 @@ pub(crate) fn container_facts(
             config_file,
             cgroup_controllers: crate::checkpoint::spec::v1_controllers(),
             loopback_only: loopback,
-            one_cgroup_set: crate::checkpoint::spec::one_cgroup_set(pid),
             external_netns: ext_netns,
             fresh_netns,
         },
@@ -462,11 +461,15 @@ pub(crate) fn dump(
         loopback_only: facts.loopback_only,
         fresh_netns: facts.fresh_netns,
         masked_dirs: facts.masked_dirs.clone(),
-        one_cgroup_set: facts.one_cgroup_set,
+        // Filled in for a dump, from the frozen container (below).
+        one_cgroup_set: false,
         image_sizes: Default::default(),
     };
 
     let mut final_opts = opts.clone();
+    // Whether every task shares init's cgroups (the manifest's
+    // one_cgroup_set), read while CRIU dumps the frozen container.
+    let mut one_cgroup_set: Option<std::thread::JoinHandle<bool>> = None;
     let result = (|| -> Result<(Duration, PreCopy)> {
         use std::os::fd::AsRawFd;
         let mut pre_copy = PreCopy::default();
@@ -502,6 +505,11 @@ pub(crate) fn dump(
                 })?;
         }
         hooks.frozen();
+        if !opts.pre_dump {
+            one_cgroup_set = Some(std::thread::spawn(move || {
+                crate::checkpoint::spec::one_cgroup_set(pid)
+            }));
+        }
         tracing::debug!(phase = "frozen, dump sent", "checkpoint");
         let sent = Instant::now();
         session.request(&req, &mut AcceptAll)?;
@@ -541,6 +549,9 @@ pub(crate) fn dump(
             if !diskless {
                 m.image_sizes = images::image_sizes(&opts.image_path);
             }
+            m.one_cgroup_set = one_cgroup_set
+                .take()
+                .is_some_and(|t| t.join().unwrap_or(false));
             m.write(&opts.image_path)?;
             // What CRIU measured; a CRIU that wrote no statistics does not
             // fail a checkpoint that succeeded (only --stats needs them).
