@@ -178,24 +178,30 @@ pub struct ThreadInCgroups {
     back: Vec<PathBuf>,
 }
 
+/// Where a process (`cgroups`: its `/proc/PID/cgroup`) sits in each of
+/// `mounts` (`managed_v1_mounts`), in their order; None if it is in one of
+/// them not at all.
+fn dirs_in(
+    mounts: &[(PathBuf, Vec<String>)],
+    cgroups: &[procfs::ProcessCGroup],
+) -> Option<Vec<PathBuf>> {
+    mounts
+        .iter()
+        .map(|(mount_point, ctrls)| {
+            let line = cgroups
+                .iter()
+                .find(|c| c.controllers.iter().any(|x| ctrls.contains(x)))?;
+            Some(mount_point.join(line.pathname.trim_start_matches('/')))
+        })
+        .collect()
+}
+
 impl ThreadInCgroups {
     pub fn enter(cgroup: &V1Cgroup) -> std::io::Result<ThreadInCgroups> {
         let dirs = &cgroup.dirs;
         // Where this thread is now, in the same hierarchies (same order).
-        let own = cgroups_of(None);
-        let back: Vec<PathBuf> = cgroup
-            .mounts
-            .iter()
-            .filter_map(|(mount_point, ctrls)| {
-                let line = own
-                    .iter()
-                    .find(|c| c.controllers.iter().any(|x| ctrls.contains(x)))?;
-                Some(mount_point.join(line.pathname.trim_start_matches('/')))
-            })
-            .collect();
-        if back.len() != dirs.len() {
-            return Err(std::io::Error::other("cgroup hierarchies changed"));
-        }
+        let back = dirs_in(&cgroup.mounts, &cgroups_of(None))
+            .ok_or_else(|| std::io::Error::other("not in every cgroup hierarchy"))?;
         let mut moved = ThreadInCgroups { back: Vec::new() };
         for (d, b) in dirs.iter().zip(back) {
             std::fs::write(d.join("tasks"), "0")?;
@@ -220,19 +226,11 @@ impl Drop for ThreadInCgroups {
 /// same `/proc/PID/cgroup` as init. Then a restore may let the restored
 /// tree inherit CRIU's cgroups (CRIU's `--manage-cgroups-mode ignore`).
 pub fn one_cgroup_set(pid: i32) -> bool {
-    let own = cgroups_of(Some(pid));
-    let Some(mounts) = managed_v1_mounts() else {
+    let Some(dirs) = managed_v1_mounts().and_then(|m| dirs_in(&m, &cgroups_of(Some(pid)))) else {
         return false;
     };
     let mut tasks = String::new();
-    for (mount_point, ctrls) in mounts {
-        let Some(line) = own
-            .iter()
-            .find(|c| c.controllers.iter().any(|x| ctrls.contains(x)))
-        else {
-            return false;
-        };
-        let dir = mount_point.join(line.pathname.trim_start_matches('/'));
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return false;
         };

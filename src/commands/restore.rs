@@ -96,17 +96,6 @@ impl Notify for RestoreNotify<'_> {
     }
 }
 
-/// config.json asks for a cgroup namespace.
-fn has_cgroup_namespace(spec: &oci_spec::runtime::Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
-        })
-}
-
 /// Everything a failed restore must undo.
 struct Undo {
     criu_root: Option<PathBuf>,
@@ -498,11 +487,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             // The restored tree stays in CRIU's cgroups only where that is
             // where the dump found all of it, CRIU is in the container's
             // and no mode was asked for; a cgroup namespace needs CRIU's
-            // cgroup handling (it restores it).
+            // cgroup handling (it restores it). The manifest's namespaces
+            // are the bundle's (Manifest::check_bundle).
             cgroups_inherited: criu_in_cgroup
                 && o.common.manage_cgroups_mode.is_none()
-                && manifest.as_ref().is_some_and(|m| m.one_cgroup_set)
-                && !has_cgroup_namespace(spec),
+                && manifest.as_ref().is_some_and(|m| {
+                    m.one_cgroup_set && !m.namespaces.iter().any(|n| n == "cgroup")
+                }),
         };
         let images = File::open(&o.image_path)?;
         let work = File::open(&o.work_path)?;
