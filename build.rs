@@ -10,12 +10,26 @@ fn main() {
     println!("cargo:rustc-env=CNTRLIVE_COMMIT={commit}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") && relr_supported() {
+    println!("cargo:rerun-if-env-changed=CNTRLIVE_PIE");
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    if linux && std::env::var_os("CNTRLIVE_PIE").is_none_or(|v| v == "0") {
+        // Startup: a position-independent executable has its ~480 KB of
+        // relocated read-only data (.data.rel.ro: vtables, string tables)
+        // written by the dynamic loader at every exec, one copy-on-write
+        // fault per page: 317 page faults per `--version` instead of 201,
+        // 2.33 vs 1.88 ms here (docs/performance.md, "Session 12"). Linked
+        // at a fixed address the loader relocates nothing. Debian's runc,
+        // containerd and containerd-shim-runc-v2 are built the same way;
+        // the cost is ASLR for the executable's own image (libraries,
+        // heap, stack and mmaps stay randomised). CNTRLIVE_PIE=1 at build
+        // time keeps a PIE.
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    } else if linux && relr_supported() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
 
-// Startup: a PIE's relative relocations (~28 000 here) are read from a
+// Startup (PIE builds): a PIE's relative relocations (~28 000 here) are read from a
 // 0.7 MB .rela.dyn at every exec; packed (DT_RELR) they take a few KB and
 // fewer page faults (docs/performance.md). Needs glibc >= 2.36 where it
 // runs (and GNU ld >= 2.38 to link): used only when the build host has both.
