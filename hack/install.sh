@@ -9,7 +9,8 @@
 # What and why (see docs/environment.md):
 #   - CRIU 4.2.1 built from Debian's upstream tarball: bookworm's 3.17 fails
 #     `criu check` on this kernel, trixie's 4.1.1 cannot dump INET sockets on
-#     kernels >= 6.16.
+#     kernels >= 6.16. Built twice: with GnuTLS (/usr/local/sbin/criu) and
+#     without (for our sessions that cannot use TLS: a faster start).
 #   - iptables (CRIU's default network lock), containerd, docker.io, runc (the
 #     peer we compare against), busybox-static (the test rootfs).
 #   - qemu-system-x86 + linux-image-amd64 (6.1, soft-dirty) + virtme-ng for
@@ -63,8 +64,24 @@ install_packages() {
 		containerd runc docker.io busybox-static jq hyperfine time
 }
 
+# Two builds of one CRIU source: /usr/local/sbin/criu (what runc and every
+# other caller runs; with GnuTLS, for TLS page servers) and, for
+# cntrlive-runtime's sessions that cannot use TLS, the same CRIU built with
+# NO_GNUTLS=1 at $CRIU_NOTLS (config key criu.without_tls): GnuTLS and the
+# seven libraries it pulls in cost every CRIU start ~1.9 ms here
+# (docs/criu-engine.md). Both get one SOURCE_DATE_EPOCH: it is part of the
+# magic of CRIU's kernel-facts cache, which both must read (criu/kdat.rs).
+CRIU_NOTLS=/usr/local/libexec/cntrlive/criu-notls
+CRIU_PAIR=/usr/local/libexec/cntrlive/criu-pair
+
+criu_pair_stamp() {
+	echo "$CRIU_VERSION $(stat -c %Y /usr/local/sbin/criu 2>/dev/null) $(stat -c %Y "$CRIU_NOTLS" 2>/dev/null)"
+}
+
 install_criu() {
-	if command -v criu >/dev/null 2>&1 && criu --version 2>/dev/null | grep -q "Version: ${CRIU_VERSION}\$"; then
+	if [ -x /usr/local/sbin/criu ] && [ -x "$CRIU_NOTLS" ] &&
+		/usr/local/sbin/criu --version 2>/dev/null | grep -q "Version: ${CRIU_VERSION}\$" &&
+		[ "$(cat "$CRIU_PAIR" 2>/dev/null)" = "$(criu_pair_stamp)" ]; then
 		return
 	fi
 	local src=$PREFIX/src
@@ -93,17 +110,35 @@ SRC
 			exit 1
 		fi
 	fi
-	log "building criu ${CRIU_VERSION}"
-	rm -rf "$src/criu-${CRIU_VERSION}"
-	tar -C "$src" -xf "$tarball"
-	make -C "$src/criu-${CRIU_VERSION}" -j"$(nproc)" criu >"$src/criu-build.log" 2>&1 || {
-		tail -30 "$src/criu-build.log" >&2
-		echo "criu build failed; full log: $src/criu-build.log" >&2
+	local epoch
+	epoch=$(date +%s)
+	local variant dir
+	for variant in full notls; do
+		dir=$src/$variant
+		log "building criu ${CRIU_VERSION} ($variant)"
+		rm -rf "$dir"
+		mkdir -p "$dir"
+		tar -C "$dir" -xf "$tarball"
+		local extra=()
+		[ "$variant" = notls ] && extra=(NO_GNUTLS=1)
+		SOURCE_DATE_EPOCH=$epoch make -C "$dir/criu-${CRIU_VERSION}" -j"$(nproc)" "${extra[@]}" criu \
+			>"$src/criu-build-$variant.log" 2>&1 || {
+			tail -30 "$src/criu-build-$variant.log" >&2
+			echo "criu build failed; full log: $src/criu-build-$variant.log" >&2
+			exit 1
+		}
+	done
+	install -m 0755 "$src/full/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
+	install -D -m 0755 "$src/notls/criu-${CRIU_VERSION}/criu/criu" "$CRIU_NOTLS"
+	if ldd "$CRIU_NOTLS" | grep -q gnutls; then
+		echo "$CRIU_NOTLS links GnuTLS although built with NO_GNUTLS=1" >&2
 		exit 1
-	}
-	install -m 0755 "$src/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
+	fi
+	criu_pair_stamp >"$CRIU_PAIR"
+	# The full tree stays (CRIU's source, to read when its log says why).
+	rm -rf "$src/notls"
 	hash -r
-	log "installed $(criu --version | head -1) at /usr/local/sbin/criu"
+	log "installed $(criu --version | head -1) at /usr/local/sbin/criu and, without GnuTLS, at $CRIU_NOTLS"
 }
 
 # A private Python environment for the test suite (pytest) and virtme-ng.

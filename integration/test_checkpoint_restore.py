@@ -845,3 +845,61 @@ def test_criu_kernel_facts_cache_is_kept_where_run_is_not_tmpfs(tmp_path):
         rt.cleanup()
         # Leave the host with the cache (what any later run of ours does).
         subprocess.run([str(OURS), "check"], capture_output=True)
+
+
+# ---- the CRIU built without GnuTLS (config criu.without_tls) ---------------
+
+CRIU_NOTLS = pathlib.Path("/usr/local/libexec/cntrlive/criu-notls")
+
+
+def criu_binaries_started(log):
+    """The CRIU binaries our sessions ran, from the --debug JSON log."""
+    out = []
+    for line in pathlib.Path(log).read_text().splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("msg") == "criu swrk started":
+            out.append(j["criu"])
+    return out
+
+
+def test_sessions_without_tls_run_the_criu_built_without_gnutls(tmp_path):
+    """Ours (runc runs `criu` only): a checkpoint and a restore that cannot
+    use TLS run the CRIU that hack/install.sh built without GnuTLS
+    (criu.without_tls); it reads the same kernel-facts cache as `criu` (one
+    SOURCE_DATE_EPOCH), so switching between the two never makes CRIU probe
+    the kernel again. `--criu` given, or criu.without_tls "", runs the one
+    named; TLS sessions run `criu` (test_migrate's TLS migrations fail with a
+    CRIU built without GnuTLS)."""
+    assert CRIU_NOTLS.is_file(), f"{CRIU_NOTLS} missing: run hack/install.sh"
+    assert "gnutls" not in subprocess.run(["ldd", str(CRIU_NOTLS)], capture_output=True, text=True).stdout
+    rt = Runtime(OURS, tmp_path / "state")
+    dbg = lambda log, *g: ("--debug", "--log-format", "json", "--log", log, *g)
+    try:
+        b = make_bundle(tmp_path / "b")
+        start_piped(rt, b)
+        # Warm: whichever build wrote the cache, both read it from now on.
+        rt.run("checkpoint", "--leave-running", "--image-path", tmp_path / "warm", "c1")
+        for n, (g, want) in enumerate([((), str(CRIU_NOTLS)),
+                                       (("--criu", "criu"), "criu"),
+                                       ((), str(CRIU_NOTLS))]):
+            img, log = tmp_path / f"img{n}", tmp_path / f"c{n}.log"
+            rt.run("checkpoint", "--image-path", img, "c1", global_args=dbg(log, *g))
+            assert criu_binaries_started(log) == [want]
+            assert kdat_loaded(img / "dump.log"), f"CRIU ({want}) probed the kernel: {img / 'dump.log'}"
+            at = read_count(b)
+            log = tmp_path / f"r{n}.log"
+            rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b, "c1", global_args=dbg(log, *g))
+            assert criu_binaries_started(log) == [want]
+            assert kdat_loaded(img / "restore.log")
+            wait_for(lambda: read_count(b) > at + 2, what="the restored counter to go on")
+        # Switched off in the configuration: `criu`.
+        cfg = tmp_path / "config.json"
+        cfg.write_text(json.dumps({"criu": {"without_tls": ""}}))
+        log = tmp_path / "off.log"
+        rt.run("checkpoint", "--image-path", tmp_path / "img-off", "c1", global_args=dbg(log, "--config", cfg))
+        assert criu_binaries_started(log) == ["criu"]
+    finally:
+        rt.cleanup()

@@ -45,9 +45,11 @@ pub struct GlobalOpts {
     #[arg(long, global = true, default_value = DEFAULT_ROOT, value_name = "DIR")]
     pub root: PathBuf,
 
-    /// Path to the criu binary used for checkpoint and restore
-    #[arg(long, global = true, default_value = "criu", value_name = "PATH")]
-    pub criu: PathBuf,
+    /// Path to the criu binary used for checkpoint and restore [default:
+    /// criu; without this flag, sessions that cannot use TLS run the
+    /// configuration's criu.without_tls when it exists]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub criu: Option<PathBuf>,
 
     /// Deadline of each CRIU request (dump, restore, …); CRIU is killed and
     /// the container thawed when it passes. A Go duration: 30s, 5m
@@ -984,5 +986,12 @@ mod tests {
     #[test]
     fn unknown_log_format_ng() {
         assert!(Cli::try_parse_from(["x", "--log-format", "xml", "list"]).is_err());
+    }
+}
+
+impl GlobalOpts {
+    /// `--criu`, or `criu` (found in PATH) as runc's default.
+    pub fn criu(&self) -> &std::path::Path {
+        self.criu.as_deref().unwrap_or(std::path::Path::new("criu"))
     }
 }

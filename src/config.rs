@@ -19,6 +19,15 @@
 //! - `criu.kdat_cache` (default true): where `/run` is not a tmpfs, keep
 //!   CRIU's kernel-facts cache for it (criu/kdat.rs); false leaves
 //!   `/run/criu.kdat` alone and CRIU probes the kernel on every run.
+//! - `criu.without_tls` (default `/usr/local/libexec/cntrlive/criu-notls`,
+//!   which `hack/install.sh` builds): a CRIU built without GnuTLS, run
+//!   instead of `criu` by sessions that cannot use TLS (no `--tls`, no page
+//!   server, no CRIU configuration file) when `--criu` is not given and
+//!   the file exists. GnuTLS and the seven libraries it pulls in cost every
+//!   CRIU start ~1.9 ms here (docs/criu-engine.md). It must be the same
+//!   CRIU version built from the same source with the same
+//!   `SOURCE_DATE_EPOCH`, so that both read one kernel-facts cache (the
+//!   epoch is part of its magic). `""` switches it off.
 
 use std::path::{Path, PathBuf};
 
@@ -41,15 +50,27 @@ pub struct Config {
 pub struct CriuConfig {
     #[serde(default = "yes")]
     pub kdat_cache: bool,
+    #[serde(default = "default_without_tls")]
+    pub without_tls: PathBuf,
 }
 
 fn yes() -> bool {
     true
 }
 
+/// Where hack/install.sh puts the CRIU built without GnuTLS.
+pub const DEFAULT_CRIU_WITHOUT_TLS: &str = "/usr/local/libexec/cntrlive/criu-notls";
+
+fn default_without_tls() -> PathBuf {
+    PathBuf::from(DEFAULT_CRIU_WITHOUT_TLS)
+}
+
 impl Default for CriuConfig {
     fn default() -> Self {
-        CriuConfig { kdat_cache: true }
+        CriuConfig {
+            kdat_cache: true,
+            without_tls: default_without_tls(),
+        }
     }
 }
 
@@ -82,7 +103,7 @@ impl Config {
         };
         serde_json::from_slice(&text).with_context(|| {
             format!(
-                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache)",
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.without_tls)",
                 path.display()
             )
         })

@@ -20,7 +20,8 @@ fn probe_and_kdat(ctx: &Ctx) -> (Option<crate::criu::kdat::State>, Result<(u32, 
         Err(e) => return (None, Err(e)),
     };
     let cfg = SessionConfig {
-        criu: ctx.global.criu.clone(),
+        criu: ctx.global.criu().to_path_buf(),
+        criu_without_tls: None,
         timeout,
         work_dir: None,
         inherit_stdio: false,
@@ -67,7 +68,11 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
         Ok((v, f)) => {
             all &= line(
                 v >= MIN_VERSION,
-                &format!("CRIU {} ({})", format_version(v), ctx.global.criu.display()),
+                &format!(
+                    "CRIU {} ({})",
+                    format_version(v),
+                    ctx.global.criu().display()
+                ),
                 &if v >= MIN_VERSION {
                     String::new()
                 } else {

@@ -410,7 +410,7 @@ pub(crate) fn dump(
     }
     // Gates first: a refused checkpoint touches nothing (no freeze, the
     // image directory as it was).
-    let version = super::criu_version_gate(ctx, &mut session)?;
+    let version = super::criu_version_gate(&mut session)?;
     tracing::debug!(phase = "CRIU started, version checked", "checkpoint");
     let tracks_memory = opts.pre_dump || opts.rounds.is_some() || opts.parent_path.is_some();
     if tracks_memory || opts.common.lazy_pages {

@@ -57,17 +57,29 @@ impl Ctx {
         Ok(self.config.get_or_init(|| c))
     }
 
+    /// The CRIU built without GnuTLS (config `criu.without_tls`), where
+    /// `--criu` was not given and it exists.
+    pub fn criu_without_tls(&self) -> Option<std::path::PathBuf> {
+        if self.global.criu.is_some() {
+            return None;
+        }
+        let p = self.config().ok()?.criu.without_tls.clone();
+        (!p.as_os_str().is_empty() && p.is_file()).then_some(p)
+    }
+
     /// The global flags a child of ours must get to act on the same host.
     pub fn child_args(&self) -> Vec<std::ffi::OsString> {
         let g = &self.global;
         let mut v: Vec<std::ffi::OsString> = vec![
             "--root".into(),
             g.root.clone().into(),
-            "--criu".into(),
-            g.criu.clone().into(),
             "--criu-timeout".into(),
             g.criu_timeout.clone().into(),
         ];
+        if let Some(c) = &g.criu {
+            v.push("--criu".into());
+            v.push(c.clone().into());
+        }
         if let Some(l) = &g.log {
             v.push("--log".into());
             v.push(l.clone().into());
@@ -154,7 +166,8 @@ pub fn spawn_criu_in(
     cgroups: Option<&crate::checkpoint::spec::V1Cgroup>,
 ) -> Result<(crate::criu::session::Session, bool)> {
     let cfg = crate::criu::session::SessionConfig {
-        criu: ctx.global.criu.clone(),
+        criu: ctx.global.criu().to_path_buf(),
+        criu_without_tls: ctx.criu_without_tls(),
         timeout: checkpoint::criu_timeout(ctx)?,
         work_dir: Some(work_dir.to_path_buf()),
         inherit_stdio,
@@ -205,14 +218,14 @@ pub fn kdat_cache(
 }
 
 /// VERSION, refused below [`MIN_VERSION`](crate::criu::gates::MIN_VERSION).
-pub fn criu_version_gate(ctx: &Ctx, session: &mut crate::criu::session::Session) -> Result<u32> {
+pub fn criu_version_gate(session: &mut crate::criu::session::Session) -> Result<u32> {
     use crate::criu::gates::{self, format_version, MIN_VERSION};
     let version = gates::version(session)?;
     if version < MIN_VERSION {
         anyhow::bail!(
             "CRIU {} at {} is too old: cntrlive-runtime needs CRIU >= {}",
             format_version(version),
-            ctx.global.criu.display(),
+            session.binary().display(),
             format_version(MIN_VERSION)
         );
     }
@@ -228,7 +241,7 @@ pub fn criu_session(
     janitor: &mut crate::criu::janitor::Janitor,
 ) -> Result<(crate::criu::session::Session, u32)> {
     let mut session = start_criu_session(ctx, work_dir, inherit_stdio, tls, janitor)?;
-    let version = criu_version_gate(ctx, &mut session)?;
+    let version = criu_version_gate(&mut session)?;
     Ok((session, version))
 }
 
