@@ -847,9 +847,9 @@ def test_criu_kernel_facts_cache_is_kept_where_run_is_not_tmpfs(tmp_path):
         subprocess.run([str(OURS), "check"], capture_output=True)
 
 
-# ---- the CRIU built without GnuTLS (config criu.without_tls) ---------------
+# ---- the CRIU built without GnuTLS (config criu.lean) ---------------
 
-CRIU_NOTLS = pathlib.Path("/usr/local/libexec/cntrlive/criu-notls")
+CRIU_LEAN = pathlib.Path("/usr/local/libexec/cntrlive/criu-lean")
 
 
 def criu_binaries_started(log):
@@ -865,16 +865,19 @@ def criu_binaries_started(log):
     return out
 
 
-def test_sessions_without_tls_run_the_criu_built_without_gnutls(tmp_path):
-    """Ours (runc runs `criu` only): a checkpoint and a restore that cannot
-    use TLS run the CRIU that hack/install.sh built without GnuTLS
-    (criu.without_tls); it reads the same kernel-facts cache as `criu` (one
-    SOURCE_DATE_EPOCH), so switching between the two never makes CRIU probe
-    the kernel again. `--criu` given, or criu.without_tls "", runs the one
-    named; TLS sessions run `criu` (test_migrate's TLS migrations fail with a
-    CRIU built without GnuTLS)."""
-    assert CRIU_NOTLS.is_file(), f"{CRIU_NOTLS} missing: run hack/install.sh"
-    assert "gnutls" not in subprocess.run(["ldd", str(CRIU_NOTLS)], capture_output=True, text=True).stdout
+def test_sessions_needing_neither_tls_nor_a_criu_config_run_the_lean_criu(tmp_path):
+    """Ours (runc runs `criu` only): a checkpoint and a restore that can
+    need neither TLS nor a CRIU configuration file run the CRIU that
+    hack/install.sh built without GnuTLS and libnftables (criu.lean); it
+    reads the same kernel-facts cache as `criu` (one SOURCE_DATE_EPOCH), so
+    switching between the two never makes CRIU probe the kernel again.
+    `--criu` given, criu.lean "", or a CRIU configuration file (which could
+    ask for TLS or an nftables network lock) runs `criu`; so do TLS
+    sessions (test_migrate's TLS migrations fail with a CRIU built without
+    GnuTLS)."""
+    assert CRIU_LEAN.is_file(), f"{CRIU_LEAN} missing: run hack/install.sh"
+    libs = subprocess.run(["ldd", str(CRIU_LEAN)], capture_output=True, text=True).stdout
+    assert "gnutls" not in libs and "nftables" not in libs, libs
     rt = Runtime(OURS, tmp_path / "state")
     dbg = lambda log, *g: ("--debug", "--log-format", "json", "--log", log, *g)
     try:
@@ -882,9 +885,9 @@ def test_sessions_without_tls_run_the_criu_built_without_gnutls(tmp_path):
         start_piped(rt, b)
         # Warm: whichever build wrote the cache, both read it from now on.
         rt.run("checkpoint", "--leave-running", "--image-path", tmp_path / "warm", "c1")
-        for n, (g, want) in enumerate([((), str(CRIU_NOTLS)),
+        for n, (g, want) in enumerate([((), str(CRIU_LEAN)),
                                        (("--criu", "criu"), "criu"),
-                                       ((), str(CRIU_NOTLS))]):
+                                       ((), str(CRIU_LEAN))]):
             img, log = tmp_path / f"img{n}", tmp_path / f"c{n}.log"
             rt.run("checkpoint", "--image-path", img, "c1", global_args=dbg(log, *g))
             assert criu_binaries_started(log) == [want]
@@ -897,9 +900,21 @@ def test_sessions_without_tls_run_the_criu_built_without_gnutls(tmp_path):
             wait_for(lambda: read_count(b) > at + 2, what="the restored counter to go on")
         # Switched off in the configuration: `criu`.
         cfg = tmp_path / "config.json"
-        cfg.write_text(json.dumps({"criu": {"without_tls": ""}}))
+        cfg.write_text(json.dumps({"criu": {"lean": ""}}))
         log = tmp_path / "off.log"
         rt.run("checkpoint", "--image-path", tmp_path / "img-off", "c1", global_args=dbg(log, "--config", cfg))
+        assert criu_binaries_started(log) == ["criu"]
+        # A CRIU configuration file (runc's org.criu.config annotation).
+        conf = tmp_path / "criu.conf"
+        conf.write_text("\n")
+        b2 = make_bundle(tmp_path / "b2")
+        spec = json.loads((b2 / "config.json").read_text())
+        spec.setdefault("annotations", {})["org.criu.config"] = str(conf)
+        (b2 / "config.json").write_text(json.dumps(spec))
+        rt.run_piped("run", "-d", "--bundle", b2, "c2")
+        wait_for(lambda: read_count(b2) > 3, what="the second counter")
+        log = tmp_path / "conf.log"
+        rt.run("checkpoint", "--image-path", tmp_path / "img-conf", "c2", global_args=dbg(log))
         assert criu_binaries_started(log) == ["criu"]
     finally:
         rt.cleanup()

@@ -47,7 +47,7 @@ pub struct GlobalOpts {
 
     /// Path to the criu binary used for checkpoint and restore [default:
     /// criu; without this flag, sessions that cannot use TLS run the
-    /// configuration's criu.without_tls when it exists]
+    /// configuration's criu.lean when it exists]
     #[arg(long, global = true, value_name = "PATH")]
     pub criu: Option<PathBuf>,
 

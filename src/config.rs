@@ -19,11 +19,12 @@
 //! - `criu.kdat_cache` (default true): where `/run` is not a tmpfs, keep
 //!   CRIU's kernel-facts cache for it (criu/kdat.rs); false leaves
 //!   `/run/criu.kdat` alone and CRIU probes the kernel on every run.
-//! - `criu.without_tls` (default `/usr/local/libexec/cntrlive/criu-notls`,
-//!   which `hack/install.sh` builds): a CRIU built without GnuTLS, run
-//!   instead of `criu` by sessions that cannot use TLS (no `--tls`, no page
-//!   server, no CRIU configuration file) when `--criu` is not given and
-//!   the file exists. GnuTLS and the seven libraries it pulls in cost every
+//! - `criu.lean` (default `/usr/local/libexec/cntrlive/criu-lean`,
+//!   which `hack/install.sh` builds): the same CRIU built without GnuTLS
+//!   and libnftables, run instead of `criu` by sessions that can need
+//!   neither (no `--tls`, no page server, no lazy pages, no CRIU
+//!   configuration file) when `--criu` is not given and the file exists.
+//!   Loading those two and the eleven libraries they pull in cost every
 //!   CRIU start ~1.9 ms here (docs/criu-engine.md). It must be the same
 //!   CRIU version built from the same source with the same
 //!   `SOURCE_DATE_EPOCH`, so that both read one kernel-facts cache (the
@@ -50,26 +51,26 @@ pub struct Config {
 pub struct CriuConfig {
     #[serde(default = "yes")]
     pub kdat_cache: bool,
-    #[serde(default = "default_without_tls")]
-    pub without_tls: PathBuf,
+    #[serde(default = "default_lean")]
+    pub lean: PathBuf,
 }
 
 fn yes() -> bool {
     true
 }
 
-/// Where hack/install.sh puts the CRIU built without GnuTLS.
-pub const DEFAULT_CRIU_WITHOUT_TLS: &str = "/usr/local/libexec/cntrlive/criu-notls";
+/// Where hack/install.sh puts the CRIU built without GnuTLS and libnftables.
+pub const DEFAULT_CRIU_LEAN: &str = "/usr/local/libexec/cntrlive/criu-lean";
 
-fn default_without_tls() -> PathBuf {
-    PathBuf::from(DEFAULT_CRIU_WITHOUT_TLS)
+fn default_lean() -> PathBuf {
+    PathBuf::from(DEFAULT_CRIU_LEAN)
 }
 
 impl Default for CriuConfig {
     fn default() -> Self {
         CriuConfig {
             kdat_cache: true,
-            without_tls: default_without_tls(),
+            lean: default_lean(),
         }
     }
 }
@@ -103,7 +104,7 @@ impl Config {
         };
         serde_json::from_slice(&text).with_context(|| {
             format!(
-                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.without_tls)",
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.lean)",
                 path.display()
             )
         })

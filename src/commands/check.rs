@@ -21,7 +21,7 @@ fn probe_and_kdat(ctx: &Ctx) -> (Option<crate::criu::kdat::State>, Result<(u32, 
     };
     let cfg = SessionConfig {
         criu: ctx.global.criu().to_path_buf(),
-        criu_without_tls: None,
+        criu_lean: None,
         timeout,
         work_dir: None,
         inherit_stdio: false,

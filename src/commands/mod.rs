@@ -57,13 +57,13 @@ impl Ctx {
         Ok(self.config.get_or_init(|| c))
     }
 
-    /// The CRIU built without GnuTLS (config `criu.without_tls`), where
+    /// The CRIU built without GnuTLS and libnftables (config `criu.lean`), where
     /// `--criu` was not given and it exists.
-    pub fn criu_without_tls(&self) -> Option<std::path::PathBuf> {
+    pub fn criu_lean(&self) -> Option<std::path::PathBuf> {
         if self.global.criu.is_some() {
             return None;
         }
-        let p = self.config().ok()?.criu.without_tls.clone();
+        let p = self.config().ok()?.criu.lean.clone();
         (!p.as_os_str().is_empty() && p.is_file()).then_some(p)
     }
 
@@ -167,7 +167,7 @@ pub fn spawn_criu_in(
 ) -> Result<(crate::criu::session::Session, bool)> {
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu().to_path_buf(),
-        criu_without_tls: ctx.criu_without_tls(),
+        criu_lean: ctx.criu_lean(),
         timeout: checkpoint::criu_timeout(ctx)?,
         work_dir: Some(work_dir.to_path_buf()),
         inherit_stdio,
