@@ -69,8 +69,8 @@ install_packages() {
 # other caller runs: with GnuTLS for TLS page servers, libnftables for an
 # nftables network lock) and, for cntrlive-runtime's sessions that can need
 # neither (no TLS, no CRIU configuration file: config key criu.lean), the
-# same CRIU built without both at $CRIU_LEAN: 9 libraries instead of 22, its
-# start ~1.9 ms shorter here (docs/criu-engine.md). CRIU's Makefile has a
+# same CRIU built without both at $CRIU_LEAN: 7 shared libraries instead of
+# 21, its start ~1.9 ms shorter here (docs/criu-engine.md). CRIU's Makefile has a
 # switch for GnuTLS (NO_GNUTLS=1), none for libnftables: a pkg-config that
 # does not find it. Both get one SOURCE_DATE_EPOCH: it is part of the magic
 # of CRIU's kernel-facts cache, which both must read (criu/kdat.rs).

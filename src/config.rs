@@ -24,7 +24,7 @@
 //!   and libnftables, run instead of `criu` by sessions that can need
 //!   neither (no `--tls`, no page server, no lazy pages, no CRIU
 //!   configuration file) when `--criu` is not given and the file exists.
-//!   Loading those two and the eleven libraries they pull in cost every
+//!   Loading those two and the twelve libraries they pull in cost every
 //!   CRIU start ~1.9 ms here (docs/criu-engine.md). It must be the same
 //!   CRIU version built from the same source with the same
 //!   `SOURCE_DATE_EPOCH`, so that both read one kernel-facts cache (the
