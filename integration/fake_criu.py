@@ -14,6 +14,9 @@ DUMP/PRE_DUMP/RESTORE as CNTRLIVE_FAKE_CRIU_MODE says:
   oversized           answer with a 200 KiB message
   fail                answer success=false with an errno (a plain CRIU error)
 
+CNTRLIVE_FAKE_CRIU_VERSION ("4.1" or "4.1.0") changes the version it
+reports (a misconfigured second CRIU, for `check`).
+
 Every request it sees is appended to $CNTRLIVE_FAKE_CRIU_LOG (if set), so a
 test can prove the runtime under test really talked to it.
 """
@@ -107,7 +110,8 @@ def main():
             with open(log, "a") as f:
                 f.write(f"{os.getpid()} {mode} type={typ}\n")
         if typ == VERSION:
-            version = field_varint(1, 4) + field_varint(2, 2) + field_varint(4, 1)
+            major, minor, sub = (list(map(int, os.environ.get("CNTRLIVE_FAKE_CRIU_VERSION", "4.2.1").split("."))) + [0])[:3]
+            version = field_varint(1, major) + field_varint(2, minor) + field_varint(4, sub)
             sk.send(resp(VERSION, extra=field_bytes(10, version)))
             continue
         if typ == FEATURE_CHECK:

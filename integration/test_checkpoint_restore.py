@@ -918,3 +918,24 @@ def test_sessions_needing_neither_tls_nor_a_criu_config_run_the_lean_criu(tmp_pa
         assert criu_binaries_started(log) == ["criu"]
     finally:
         rt.cleanup()
+
+
+def test_check_reports_a_lean_criu_of_another_version_or_none(tmp_path):
+    """Ours: `check` names the lean CRIU and compares its version with
+    criu's; a lean CRIU of another version (a fake one, as a misconfigured
+    criu.lean would be) is a [no] saying what to do, and so is a missing
+    one (every session then runs criu)."""
+    from faults import FAKE_CRIU
+    rt = Runtime(OURS, tmp_path / "state")
+    what = "lean CRIU for sessions needing neither TLS nor a CRIU configuration file (criu.lean)"
+    out = rt.run("check", check=False).stdout
+    assert f"[ok]   {what}: {CRIU_LEAN} (4.2.1)" in out, out
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"criu": {"lean": str(FAKE_CRIU)}}))
+    p = subprocess.run(rt.argv("check", global_args=("--config", cfg)), capture_output=True, text=True,
+                       env={**os.environ, "CNTRLIVE_FAKE_CRIU_VERSION": "4.1"})
+    assert p.returncode == 1
+    assert f"[no]   {what}: {FAKE_CRIU} is CRIU 4.1.0, criu is 4.2.1: rebuild both with hack/install.sh" in p.stdout, p.stdout
+    cfg.write_text(json.dumps({"criu": {"lean": str(tmp_path / "none")}}))
+    out = rt.run("check", check=False, global_args=("--config", cfg)).stdout
+    assert f"[no]   {what}: not installed" in out, out
