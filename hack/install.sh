@@ -9,9 +9,8 @@
 # What and why (see docs/environment.md):
 #   - CRIU 4.2.1 built from Debian's upstream tarball: bookworm's 3.17 fails
 #     `criu check` on this kernel, trixie's 4.1.1 cannot dump INET sockets on
-#     kernels >= 6.16. Built twice: with GnuTLS and libnftables
-#     (/usr/local/sbin/criu) and without (for our sessions that need neither:
-#     a faster start).
+#     kernels >= 6.16. Built twice: with GnuTLS (/usr/local/sbin/criu) and
+#     without (for our sessions that cannot use TLS: a faster start).
 #   - iptables (CRIU's default network lock), containerd, docker.io, runc (the
 #     peer we compare against), busybox-static (the test rootfs).
 #   - qemu-system-x86 + linux-image-amd64 (6.1, soft-dirty) + virtme-ng for
@@ -66,19 +65,23 @@ install_packages() {
 }
 
 # Two builds of one CRIU source: /usr/local/sbin/criu (what runc and every
-# other caller runs: with GnuTLS for TLS page servers, libnftables for an
-# nftables network lock) and, for cntrlive-runtime's sessions that can need
-# neither (no TLS, no CRIU configuration file: config key criu.lean), the
-# same CRIU built without both at $CRIU_LEAN: 7 shared libraries instead of
-# 21, its start ~1.9 ms shorter here (docs/criu-engine.md). CRIU's Makefile has a
-# switch for GnuTLS (NO_GNUTLS=1), none for libnftables: a pkg-config that
-# does not find it. Both get one SOURCE_DATE_EPOCH: it is part of the magic
-# of CRIU's kernel-facts cache, which both must read (criu/kdat.rs).
+# other caller runs, with GnuTLS for TLS page servers) and, for
+# cntrlive-runtime's sessions that cannot use TLS (config key criu.lean),
+# the same CRIU built without it at $CRIU_LEAN (NO_GNUTLS=1): 13 shared
+# libraries instead of 21, its start ~1.4 ms shorter here
+# (docs/criu-engine.md). Not without libnftables as well: such a CRIU
+# neither dumps nor restores a network namespace's nftables rules (a docker
+# container's). Both get one SOURCE_DATE_EPOCH: it is part of the magic of
+# CRIU's kernel-facts cache, which both must read (criu/kdat.rs).
 CRIU_LEAN=/usr/local/libexec/cntrlive/criu-lean
 CRIU_PAIR=/usr/local/libexec/cntrlive/criu-pair
 
+# The recipe's tag (what the lean build leaves out) is part of the stamp: a
+# pair built by another recipe is built again.
+CRIU_LEAN_RECIPE=no-gnutls
+
 criu_pair_stamp() {
-	echo "$CRIU_VERSION $(stat -c %Y /usr/local/sbin/criu 2>/dev/null) $(stat -c %Y "$CRIU_LEAN" 2>/dev/null)"
+	echo "$CRIU_VERSION $CRIU_LEAN_RECIPE $(stat -c %Y /usr/local/sbin/criu 2>/dev/null) $(stat -c %Y "$CRIU_LEAN" 2>/dev/null)"
 }
 
 install_criu() {
@@ -116,9 +119,6 @@ SRC
 	local epoch
 	epoch=$(date +%s)
 	local variant dir
-	local pkgconf=$src/pkg-config-lean
-	printf '#!/bin/sh\ncase "$*" in *gnutls*|*libnftables*) exit 1;; esac\nexec pkg-config "$@"\n' >"$pkgconf"
-	chmod +x "$pkgconf"
 	for variant in full lean; do
 		dir=$src/$variant
 		log "building criu ${CRIU_VERSION} ($variant)"
@@ -126,7 +126,7 @@ SRC
 		mkdir -p "$dir"
 		tar -C "$dir" -xf "$tarball"
 		local extra=()
-		[ "$variant" = lean ] && extra=(NO_GNUTLS=1 PKG_CONFIG="$pkgconf")
+		[ "$variant" = lean ] && extra=(NO_GNUTLS=1)
 		SOURCE_DATE_EPOCH=$epoch make -C "$dir/criu-${CRIU_VERSION}" -j"$(nproc)" "${extra[@]}" criu \
 			>"$src/criu-build-$variant.log" 2>&1 || {
 			tail -30 "$src/criu-build-$variant.log" >&2
@@ -136,15 +136,15 @@ SRC
 	done
 	install -m 0755 "$src/full/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
 	install -D -m 0755 "$src/lean/criu-${CRIU_VERSION}/criu/criu" "$CRIU_LEAN"
-	if ldd "$CRIU_LEAN" | grep -Eq 'gnutls|nftables'; then
-		echo "$CRIU_LEAN links GnuTLS or libnftables although built without them" >&2
+	if ldd "$CRIU_LEAN" | grep -q gnutls || ! ldd "$CRIU_LEAN" | grep -q nftables; then
+		echo "$CRIU_LEAN: expected a CRIU without GnuTLS, with libnftables: $(ldd "$CRIU_LEAN" | tr '\n' ' ')" >&2
 		exit 1
 	fi
 	criu_pair_stamp >"$CRIU_PAIR"
 	# The full tree stays (CRIU's source, to read when its log says why).
-	rm -rf "$src/lean" "$pkgconf"
+	rm -rf "$src/lean"
 	hash -r
-	log "installed $(criu --version | head -1) at /usr/local/sbin/criu and, without GnuTLS and libnftables, at $CRIU_LEAN"
+	log "installed $(criu --version | head -1) at /usr/local/sbin/criu and, without GnuTLS, at $CRIU_LEAN"
 }
 
 # A private Python environment for the test suite (pytest) and virtme-ng.

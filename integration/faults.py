@@ -10,6 +10,11 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 FAKE_CRIU = HERE / "fake_criu.py"
 REAL_CRIU = pathlib.Path(os.environ.get("CNTRLIVE_CRIU", "/usr/local/sbin/criu"))
+# Our sessions without TLS run this build of the same CRIU when `--criu` is
+# not given (config criu.lean, docs/criu-engine.md).
+LEAN_CRIU = pathlib.Path(os.environ.get("CNTRLIVE_LEAN_CRIU", "/usr/local/libexec/cntrlive/criu-lean"))
+# Every real CRIU binary a runtime under test may run.
+REAL_CRIUS = (REAL_CRIU, LEAN_CRIU)
 RESULTS = pathlib.Path(os.environ.get("CNTRLIVE_TEST_LOGS", "/var/tmp/cntrlive-test-logs")) / "faults.jsonl"
 
 
@@ -34,11 +39,12 @@ def procs():
 
 
 def criu_procs(criu_path):
-    """Processes running that CRIU binary (real or fake)."""
-    criu_path = str(criu_path)
+    """Processes running that CRIU binary, or any of a tuple of them (real
+    or fake)."""
+    paths = {str(c) for c in (criu_path if isinstance(criu_path, tuple) else (criu_path,))}
     res = []
     for pid, ppid, exe, cmd in procs():
-        if exe == criu_path or (cmd[1:2] == [criu_path]) or (cmd[:1] == [criu_path]):
+        if exe in paths or (cmd[1:2] and cmd[1] in paths) or (cmd[:1] and cmd[0] in paths):
             res.append(pid)
     return res
 

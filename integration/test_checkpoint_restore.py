@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from faults import (REAL_CRIU, criu_children_of, criu_procs, detach, freezer_file, is_frozen, kill_group, record,
+from faults import (REAL_CRIU, REAL_CRIUS, criu_children_of, criu_procs, detach, freezer_file, is_frozen, kill_group, record,
                     wait_gone, yard_mounts)
 from helpers import OURS, Runtime, make_bundle, read_count, set_netns, wait_for
 
@@ -373,7 +373,7 @@ def test_restore_refuses_truncated_pages_image(rt, tmp_path):
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
         assert rt.name != "cntrlive", "our restore of a truncated image did not end within 15 s"
-        for pid in criu_procs(REAL_CRIU):
+        for pid in criu_procs(REAL_CRIUS):
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         # A killed CRIU leaves its cgroup yard mounted (11 mounts) and the
@@ -448,7 +448,7 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     while time.monotonic() < deadline and p.poll() is None:
         # Mid-restore: CRIU has started restoring memory.
         if log.exists() and "Restoring" in log.read_text(errors="replace") or (log.exists() and log.stat().st_size > 20000):
-            crius = criu_children_of(p.pid, REAL_CRIU)
+            crius = criu_children_of(p.pid, REAL_CRIUS)
             if crius:
                 if case == "sigkill-criu":
                     for c in crius:
@@ -475,7 +475,7 @@ def test_real_criu_interrupted_mid_restore(rt, tmp_path, case):
     elapsed = time.monotonic() - t0
     errf.seek(0)
     err = errf.read()
-    leaked = wait_gone(lambda: criu_procs(REAL_CRIU), 2.0)
+    leaked = wait_gone(lambda: criu_procs(REAL_CRIUS), 2.0)
     for c in leaked:
         try:
             os.kill(c, signal.SIGKILL)
@@ -577,7 +577,7 @@ def test_page_server_with_no_sender_times_out(tmp_path):
     assert rc == 1 and time.monotonic() - t0 < 6
     assert "no complete dump arrived within 2s" in (tmp_path / "page-server.err").read_text()
     assert wait_gone(lambda: [ps_pid] if alive(ps_pid) else [], 2) == []
-    assert wait_gone(lambda: [p for p in criu_procs(REAL_CRIU) if alive(p)], 2) == []
+    assert wait_gone(lambda: [p for p in criu_procs(REAL_CRIUS) if alive(p)], 2) == []
 
 
 # ---- interop: images made by one runtime, restored by the other -------------
@@ -663,7 +663,7 @@ def test_concurrent_delete_waits_for_the_checkpoint(rt, tmp_path):
     cp = subprocess.Popen(rt.argv("checkpoint", "--image-path", img, "mem"), stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # The delete once CRIU works on the container (its pages being written).
-    wait_for(lambda: criu_children_of(cp.pid, REAL_CRIU) or cp.poll() is not None, timeout=30,
+    wait_for(lambda: criu_children_of(cp.pid, REAL_CRIUS) or cp.poll() is not None, timeout=30,
              what="the checkpoint's CRIU")
     rm = rt.run("delete", "--force", "mem", check=False, timeout=120)
     _, err = cp.communicate(timeout=120)
@@ -865,19 +865,22 @@ def criu_binaries_started(log):
     return out
 
 
-def test_sessions_needing_neither_tls_nor_a_criu_config_run_the_lean_criu(tmp_path):
+def test_sessions_that_cannot_use_tls_run_the_lean_criu(tmp_path):
     """Ours (runc runs `criu` only): a checkpoint and a restore that can
     need neither TLS nor a CRIU configuration file run the CRIU that
-    hack/install.sh built without GnuTLS and libnftables (criu.lean); it
+    hack/install.sh built without GnuTLS (criu.lean); it
     reads the same kernel-facts cache as `criu` (one SOURCE_DATE_EPOCH), so
     switching between the two never makes CRIU probe the kernel again.
     `--criu` given, criu.lean "", or a CRIU configuration file (which could
-    ask for TLS or an nftables network lock) runs `criu`; so do TLS
-    sessions (test_migrate's TLS migrations fail with a CRIU built without
-    GnuTLS)."""
+    ask for TLS) runs `criu`; so do TLS sessions (test_migrate's TLS
+    migrations fail with a CRIU built without GnuTLS). The lean CRIU keeps
+    libnftables: without it CRIU leaves a network namespace's nftables
+    rules out of a dump and cannot restore images that have them (found by
+    test_docker's migration of a docker container, whose namespace has
+    rules)."""
     assert CRIU_LEAN.is_file(), f"{CRIU_LEAN} missing: run hack/install.sh"
     libs = subprocess.run(["ldd", str(CRIU_LEAN)], capture_output=True, text=True).stdout
-    assert "gnutls" not in libs and "nftables" not in libs, libs
+    assert "gnutls" not in libs and "libnftables" in libs, libs
     rt = Runtime(OURS, tmp_path / "state")
     dbg = lambda log, *g: ("--debug", "--log-format", "json", "--log", log, *g)
     try:
@@ -927,7 +930,7 @@ def test_check_reports_a_lean_criu_of_another_version_or_none(tmp_path):
     one (every session then runs criu)."""
     from faults import FAKE_CRIU
     rt = Runtime(OURS, tmp_path / "state")
-    what = "lean CRIU for sessions needing neither TLS nor a CRIU configuration file (criu.lean)"
+    what = "lean CRIU (without GnuTLS) for sessions that cannot use TLS (criu.lean)"
     out = rt.run("check", check=False).stdout
     assert f"[ok]   {what}: {CRIU_LEAN} (4.2.1)" in out, out
     cfg = tmp_path / "config.json"

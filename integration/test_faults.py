@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from faults import (FAKE_CRIU, REAL_CRIU, criu_children_of, criu_procs, freezer_file, is_frozen,
+from faults import (FAKE_CRIU, REAL_CRIU, REAL_CRIUS, criu_children_of, criu_procs, freezer_file, is_frozen,
                     detach, kill_group, record, runtime_procs, wait_gone, yard_mounts)
 from helpers import make_bundle, read_count, wait_for
 
@@ -165,7 +165,7 @@ def test_real_criu_interrupted_mid_dump(rt, tmp_path, case):
     acted = wait_mid_dump_then(p, img, act)
     patience = DEADLINE + MARGIN if rt.name == "cntrlive" else RUNC_PATIENCE
     rc, elapsed, err, hung = finish(p, patience)
-    leaked = wait_gone(lambda: criu_procs(REAL_CRIU), 2.0)
+    leaked = wait_gone(lambda: criu_procs(REAL_CRIUS), 2.0)
     for c in leaked:
         os.kill(c, signal.SIGKILL)
     # Let the janitor (ours) finish before sampling the freezer.

@@ -20,15 +20,15 @@
 //!   CRIU's kernel-facts cache for it (criu/kdat.rs); false leaves
 //!   `/run/criu.kdat` alone and CRIU probes the kernel on every run.
 //! - `criu.lean` (default `/usr/local/libexec/cntrlive/criu-lean`,
-//!   which `hack/install.sh` builds): the same CRIU built without GnuTLS
-//!   and libnftables, run instead of `criu` by sessions that can need
-//!   neither (no `--tls`, no page server, no lazy pages, no CRIU
-//!   configuration file) when `--criu` is not given and the file exists.
-//!   Loading those two and the twelve libraries they pull in cost every
-//!   CRIU start ~1.9 ms here (docs/criu-engine.md). It must be the same
-//!   CRIU version built from the same source with the same
-//!   `SOURCE_DATE_EPOCH`, so that both read one kernel-facts cache (the
-//!   epoch is part of its magic). `""` switches it off.
+//!   which `hack/install.sh` builds): the same CRIU built without GnuTLS,
+//!   run instead of `criu` by sessions that cannot use TLS (no `--tls`,
+//!   no page server, no lazy pages, no CRIU configuration file) when
+//!   `--criu` is not given and the file exists. Loading GnuTLS and the
+//!   seven libraries it pulls in cost every CRIU start ~1.4 ms here
+//!   (docs/criu-engine.md). It must be the same CRIU version built from
+//!   the same source with the same `SOURCE_DATE_EPOCH`, so that both read
+//!   one kernel-facts cache (the epoch is part of its magic). `""`
+//!   switches it off.
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,7 @@ fn yes() -> bool {
     true
 }
 
-/// Where hack/install.sh puts the CRIU built without GnuTLS and libnftables.
+/// Where hack/install.sh puts the CRIU built without GnuTLS.
 pub const DEFAULT_CRIU_LEAN: &str = "/usr/local/libexec/cntrlive/criu-lean";
 
 fn default_lean() -> PathBuf {

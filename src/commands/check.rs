@@ -97,7 +97,8 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
                     format!("needs >= {}", format_version(MIN_VERSION))
                 },
             );
-            let lean_what = "lean CRIU for sessions needing neither TLS nor a CRIU configuration file (criu.lean)";
+            let lean_what =
+                "lean CRIU (without GnuTLS) for sessions that cannot use TLS (criu.lean)";
             match ctx.criu_lean() {
                 Some(lean) => match lean_version(ctx, &lean) {
                     Ok(lv) => {

@@ -57,7 +57,7 @@ impl Ctx {
         Ok(self.config.get_or_init(|| c))
     }
 
-    /// The CRIU built without GnuTLS and libnftables (config `criu.lean`), where
+    /// The CRIU built without GnuTLS (config `criu.lean`), where
     /// `--criu` was not given and it exists.
     pub fn criu_lean(&self) -> Option<std::path::PathBuf> {
         if self.global.criu.is_some() {

@@ -156,11 +156,12 @@ pub struct SessionConfig {
     /// (GNUTLS_NO_IMPLICIT_INIT; CRIU only calls GnuTLS under `tls`): ~0.8 ms
     /// of every CRIU start here (docs/performance.md).
     pub tls: bool,
-    /// The same CRIU built without GnuTLS and libnftables (config:
-    /// `criu.lean`), run instead of `criu` when the session can need
-    /// neither (no TLS, no CRIU configuration file that could ask for TLS
-    /// or an nftables network lock): 14 fewer libraries, a start ~1.9 ms
-    /// shorter here (docs/criu-engine.md).
+    /// The same CRIU built without GnuTLS (config: `criu.lean`), run
+    /// instead of `criu` when the session cannot use TLS (no TLS, no CRIU
+    /// configuration file that could ask for it): 8 fewer libraries, a
+    /// start ~1.4 ms shorter here (docs/criu-engine.md). Not without
+    /// libnftables too: such a CRIU leaves a network namespace's nftables
+    /// rules out of a dump and cannot restore images that have them.
     pub criu_lean: Option<PathBuf>,
 }
 
@@ -248,9 +249,8 @@ impl Session {
         cfg: SessionConfig,
         cancel: Option<&'static CancelToken>,
     ) -> Result<Session, CriuError> {
-        // CRIU only calls GnuTLS under `tls`, and libnftables for an
-        // nftables network lock, which only a CRIU configuration file asks
-        // for here.
+        // CRIU only calls GnuTLS under `tls` (which a CRIU configuration
+        // file could set).
         let no_tls = !cfg.tls && !criu_default_config_present();
         let binary = match (&cfg.criu_lean, no_tls) {
             (Some(lean), true) => lean.clone(),
