@@ -76,6 +76,13 @@ pub struct GlobalOpts {
     pub version: bool,
 }
 
+impl GlobalOpts {
+    /// `--criu`, or `criu` (found in PATH) as runc's default.
+    pub fn criu(&self) -> &std::path::Path {
+        self.criu.as_deref().unwrap_or(std::path::Path::new("criu"))
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -984,14 +991,17 @@ mod tests {
     }
 
     #[test]
+    fn criu_flag_given_or_defaulted_ok() {
+        // Not given: `criu`, and the configuration's lean CRIU may be used.
+        let cli = Cli::try_parse_from(["x", "list"]).unwrap();
+        assert!(cli.global.criu.is_none());
+        assert_eq!(cli.global.criu(), std::path::Path::new("criu"));
+        let cli = Cli::try_parse_from(["x", "--criu", "/opt/criu", "list"]).unwrap();
+        assert_eq!(cli.global.criu(), std::path::Path::new("/opt/criu"));
+    }
+
+    #[test]
     fn unknown_log_format_ng() {
         assert!(Cli::try_parse_from(["x", "--log-format", "xml", "list"]).is_err());
-    }
-}
-
-impl GlobalOpts {
-    /// `--criu`, or `criu` (found in PATH) as runc's default.
-    pub fn criu(&self) -> &std::path::Path {
-        self.criu.as_deref().unwrap_or(std::path::Path::new("criu"))
     }
 }

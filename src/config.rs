@@ -126,4 +126,16 @@ mod tests {
         assert!(Config::load(Some(&p)).is_err());
         assert!(Config::load(Some(&d.path().join("missing"))).is_err());
     }
+
+    #[test]
+    fn criu_lean_defaults_to_the_installed_path_and_empty_switches_it_off_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.json");
+        std::fs::write(&p, br#"{"criu":{"kdat_cache":false}}"#).unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.criu.lean, Path::new(DEFAULT_CRIU_LEAN));
+        std::fs::write(&p, br#"{"criu":{"lean":""}}"#).unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.criu.lean.as_os_str().is_empty() && c.criu.kdat_cache);
+    }
 }

@@ -129,7 +129,7 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
                     line(
                         false,
                         lean_what,
-                        "not installed (hack/install.sh builds it; each CRIU start ~1.9 ms shorter); every session runs criu",
+                        "not installed (hack/install.sh builds it; each CRIU start ~1.4 ms shorter); every session runs criu",
                     );
                 }
             }
