@@ -115,27 +115,27 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_ok_and_typo_ng() {
+    /// `json` written to a file and loaded as `--config`.
+    fn load(json: &[u8]) -> Result<Config> {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.json");
-        std::fs::write(&p, br#"{"checkpoint":{"auto_parent":true}}"#).unwrap();
-        let c = Config::load(Some(&p)).unwrap();
+        std::fs::write(&p, json).unwrap();
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn config_ok_and_typo_ng() {
+        let c = load(br#"{"checkpoint":{"auto_parent":true}}"#).unwrap();
         assert!(c.checkpoint.auto_parent && !c.checkpoint.pre_dump_on_leave_running);
-        std::fs::write(&p, br#"{"checkpoint":{"auto_parents":true}}"#).unwrap();
-        assert!(Config::load(Some(&p)).is_err());
-        assert!(Config::load(Some(&d.path().join("missing"))).is_err());
+        assert!(load(br#"{"checkpoint":{"auto_parents":true}}"#).is_err());
+        assert!(Config::load(Some(Path::new("/nonexistent/cntrlive/c.json"))).is_err());
     }
 
     #[test]
     fn criu_lean_defaults_to_the_installed_path_and_empty_switches_it_off_ok() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("c.json");
-        std::fs::write(&p, br#"{"criu":{"kdat_cache":false}}"#).unwrap();
-        let c = Config::load(Some(&p)).unwrap();
+        let c = load(br#"{"criu":{"kdat_cache":false}}"#).unwrap();
         assert_eq!(c.criu.lean, Path::new(DEFAULT_CRIU_LEAN));
-        std::fs::write(&p, br#"{"criu":{"lean":""}}"#).unwrap();
-        let c = Config::load(Some(&p)).unwrap();
+        let c = load(br#"{"criu":{"lean":""}}"#).unwrap();
         assert!(c.criu.lean.as_os_str().is_empty() && c.criu.kdat_cache);
     }
 }

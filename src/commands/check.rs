@@ -19,34 +19,21 @@ fn probe_and_kdat(ctx: &Ctx) -> (Option<crate::criu::kdat::State>, Result<(u32, 
         Ok(t) => t,
         Err(e) => return (None, Err(e)),
     };
-    let cfg = SessionConfig {
-        criu: ctx.global.criu().to_path_buf(),
+    let cfg = probe_config(ctx.global.criu(), timeout);
+    let kdat = super::kdat_cache(ctx, &cfg);
+    (kdat, session_probe(cfg))
+}
+
+/// A session of `check`'s own on exactly `criu`.
+fn probe_config(criu: &std::path::Path, timeout: std::time::Duration) -> SessionConfig {
+    SessionConfig {
+        criu: criu.to_path_buf(),
         criu_lean: None,
         timeout,
         work_dir: None,
         inherit_stdio: false,
         tls: false,
-    };
-    let kdat = super::kdat_cache(ctx, &cfg);
-    (kdat, session_probe(cfg))
-}
-
-/// The version of the lean CRIU (config `criu.lean`), in a session of its own.
-fn lean_version(ctx: &Ctx, lean: &std::path::Path) -> Result<u32> {
-    let mut s = Session::start(
-        SessionConfig {
-            criu: lean.to_path_buf(),
-            criu_lean: None,
-            timeout: criu_timeout(ctx)?,
-            work_dir: None,
-            inherit_stdio: false,
-            tls: false,
-        },
-        None,
-    )?;
-    let v = gates::version(&mut s);
-    s.close();
-    Ok(v?)
+    }
 }
 
 fn session_probe(cfg: SessionConfig) -> Result<(u32, Features)> {
@@ -100,27 +87,29 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
             let lean_what =
                 "lean CRIU (without GnuTLS) for sessions that cannot use TLS (criu.lean)";
             match ctx.criu_lean() {
-                Some(lean) => match lean_version(ctx, &lean) {
-                    Ok(lv) => {
-                        all &= line(
-                            lv == v,
-                            lean_what,
-                            &if lv == v {
-                                format!("{} ({})", lean.display(), format_version(lv))
-                            } else {
-                                format!(
+                Some(lean) => {
+                    match criu_timeout(ctx).and_then(|t| session_probe(probe_config(&lean, t))) {
+                        Ok((lv, _)) => {
+                            all &= line(
+                                lv == v,
+                                lean_what,
+                                &if lv == v {
+                                    format!("{} ({})", lean.display(), format_version(lv))
+                                } else {
+                                    format!(
                                     "{} is CRIU {}, criu is {}: rebuild both with hack/install.sh, or set criu.lean to \"\"",
                                     lean.display(),
                                     format_version(lv),
                                     format_version(v)
                                 )
-                            },
-                        );
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            all &= line(false, lean_what, &format!("{}: {e:#}", lean.display()));
+                        }
                     }
-                    Err(e) => {
-                        all &= line(false, lean_what, &format!("{}: {e:#}", lean.display()));
-                    }
-                },
+                }
                 None if ctx.global.criu.is_some() => {
                     line(true, lean_what, "not used: --criu names the binary");
                 }
