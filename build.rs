@@ -12,6 +12,13 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=CNTRLIVE_PIE");
     let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    // .cargo/config.toml links statically at a fixed address (crt-static,
+    // relocation-model=static): no loader runs at all, nothing to add.
+    let fully_static = std::env::var("CARGO_CFG_TARGET_FEATURE")
+        .is_ok_and(|f| f.split(',').any(|x| x == "crt-static"));
+    if fully_static {
+        return;
+    }
     if linux && std::env::var_os("CNTRLIVE_PIE").is_none_or(|v| v == "0") {
         // Startup: a position-independent executable has its ~480 KB of
         // relocated read-only data (.data.rel.ro: vtables, string tables)

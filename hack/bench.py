@@ -166,7 +166,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cr-rounds", type=int, default=12, help="checkpoint/restore rounds (0: skip)")
     ap.add_argument("--out", default=str(TOP / "docs" / "performance.md"))
-    ap.add_argument("--ours", default=str(TOP / "target" / "release" / "cntrlive-runtime"))
+    ap.add_argument("--ours", default=str(TOP / "target" / "x86_64-unknown-linux-gnu" / "release" / "cntrlive-runtime"))
     ap.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     ap.add_argument("--no-kdat-cache", action="store_true",
                     help="both runtimes' CRIU without its kernel facts cache (/run/criu.kdat removed, ours told "

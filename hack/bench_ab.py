@@ -6,9 +6,9 @@ interleaved round by round, alternating which build goes first.
 For "measure before and after" on this noisy machine: build the old commit
 to a copy first, e.g.
 
-    git stash; cargo build --release; cp target/release/cntrlive-runtime /tmp/before
+    git stash; cargo build --release; cp target/x86_64-unknown-linux-gnu/release/cntrlive-runtime /tmp/before
     git stash pop; cargo build --release
-    sudo /opt/cntrlive/venv/bin/python hack/bench_ab.py /tmp/before target/release/cntrlive-runtime
+    sudo /opt/cntrlive/venv/bin/python hack/bench_ab.py /tmp/before target/x86_64-unknown-linux-gnu/release/cntrlive-runtime
 
 Prints the medians of wall time, CRIU's own time (last timestamp of its log)
 and the overhead (wall − CRIU) of each build. Writes nothing.

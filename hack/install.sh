@@ -59,7 +59,7 @@ install_packages() {
 	apt_install ca-certificates xz-utils dpkg-dev build-essential pkg-config \
 		libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
 		libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev \
-		libaio-dev libnftables-dev uuid-dev libseccomp-dev libdrm-dev \
+		libaio-dev libnftables-dev uuid-dev libseccomp-dev zlib1g-dev libdrm-dev \
 		file iptables iproute2 procps psmisc util-linux kmod \
 		containerd runc docker.io busybox-static jq hyperfine time
 }

@@ -10,7 +10,8 @@ import time
 
 TOP = pathlib.Path(__file__).resolve().parent.parent
 ROOTFS = pathlib.Path(os.environ.get("CNTRLIVE_ROOTFS", "/opt/cntrlive/rootfs/busybox"))
-OURS = TOP / "target" / "release" / "cntrlive-runtime"
+# Built for the target named in .cargo/config.toml (linked statically).
+OURS = TOP / "target" / "x86_64-unknown-linux-gnu" / "release" / "cntrlive-runtime"
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/.count; mv /tmp/.count /tmp/count; sleep 0.1; done"
 

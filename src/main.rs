@@ -174,7 +174,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run(cli) {
+    tracing::debug!(phase = "logging up", "main");
+    let r = run(cli);
+    tracing::debug!(phase = "main returns", "main");
+    match r {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(Failure { err, code }) => {
             // runc's fatal(): log the error; if logs go elsewhere, also tell

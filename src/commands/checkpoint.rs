@@ -624,10 +624,12 @@ pub(crate) fn dump(
                     .run(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
+            tracing::debug!(phase = "container removed", "checkpoint");
             // CRIU and the janitor exit after their last word; reaped last,
             // their exits overlapping the work above (on an error return,
             // dropping the session kills CRIU).
             session.end();
+            tracing::debug!(phase = "CRIU reaped", "checkpoint");
             drop(janitor_exit);
             Ok(Dumped { report, kept: None })
         }

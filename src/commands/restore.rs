@@ -231,6 +231,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         return crate::batch::restore(args, ctx);
     }
     let started = std::time::Instant::now();
+    tracing::debug!(phase = "restore entered", "restore");
     let mut o = RestoreOptions::from_args(&args)?;
     if hold_marker(&o.image_path) {
         o.leave_stopped = true;
@@ -239,8 +240,10 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
     // Validate --criu-timeout before any work starts.
     criu_timeout(ctx)?;
     let janitor = Janitor::spawn().context("failed to start the janitor process")?;
+    tracing::debug!(phase = "janitor forked", "restore");
     ctx.store.ensure_free(&id)?;
     let bundle = Bundle::open(args.launch.bundle.as_deref())?;
+    tracing::debug!(phase = "bundle read", "restore");
     let manifest = check_images(&o)?;
     if let Some(m) = &manifest {
         m.check_bundle(&SpecFacts::of(&bundle.spec))
@@ -355,6 +358,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let cgroup_dirs = cgroup_dirs
             .transpose()
             .context("failed to create the container's cgroup")?;
+        tracing::debug!(phase = "cgroup dirs", "restore");
         // CRIU inherits the namespace's fd: it must exist before CRIU
         // starts. Joined only now: the kernel makes it (~0.9 ms here) while
         // the cgroup directories are made.
@@ -364,6 +368,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))??,
             );
         }
+        tracing::debug!(phase = "netns joined", "restore");
         let (mut session, criu_in_cgroup) = super::spawn_criu_in(
             ctx,
             &o.work_path,
@@ -576,8 +581,11 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // CRIU (hung up at its answer) and the janitor exit while the
         // container is registered; reaped last.
         session.close();
+        tracing::debug!(phase = "CRIU reaped", "restore");
         drop(janitor_exit);
+        tracing::debug!(phase = "janitor reaped", "restore");
         undo.wait_detached();
+        tracing::debug!(phase = "CRIU's root detached", "restore");
         Ok((pid, version))
     })();
 
