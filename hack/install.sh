@@ -59,7 +59,7 @@ install_packages() {
 	apt_install ca-certificates xz-utils dpkg-dev build-essential pkg-config \
 		libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
 		libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev \
-		libaio-dev libnftables-dev uuid-dev libseccomp-dev zlib1g-dev libdrm-dev \
+		libaio-dev libnftables-dev uuid-dev libseccomp-dev zlib1g-dev libmd-dev libdrm-dev \
 		file iptables iproute2 procps psmisc util-linux kmod \
 		containerd runc docker.io busybox-static jq hyperfine time
 }
@@ -67,18 +67,40 @@ install_packages() {
 # Two builds of one CRIU source: /usr/local/sbin/criu (what runc and every
 # other caller runs, with GnuTLS for TLS page servers) and, for
 # cntrlive-runtime's sessions that cannot use TLS (config key criu.lean),
-# the same CRIU built without it at $CRIU_LEAN (NO_GNUTLS=1): 13 shared
-# libraries instead of 21, its start ~1.4 ms shorter here
-# (docs/criu-engine.md). Not without libnftables as well: such a CRIU
-# neither dumps nor restores a network namespace's nftables rules (a docker
-# container's). Both get one SOURCE_DATE_EPOCH: it is part of the magic of
-# CRIU's kernel-facts cache, which both must read (criu/kdat.rs).
+# the same CRIU built without it at $CRIU_LEAN (NO_GNUTLS=1), linked at a
+# fixed address with the small libraries it needs linked in (protobuf-c,
+# nl-3, net, uuid, bsd + md: lean_static_libs): 7 shared libraries instead
+# of 21, its start ~2 ms shorter than criu's here (docs/criu-engine.md,
+# docs/performance.md). Not without libnftables: such a CRIU neither dumps
+# nor restores a network namespace's nftables rules (a docker
+# container's); Debian ships libnftables and its libraries shared only.
+# Both get one SOURCE_DATE_EPOCH: it is part of the magic of CRIU's
+# kernel-facts cache, which both must read (criu/kdat.rs).
 CRIU_LEAN=/usr/local/libexec/cntrlive/criu-lean
 CRIU_PAIR=/usr/local/libexec/cntrlive/criu-pair
 
 # The recipe's tag (what the lean build leaves out) is part of the stamp: a
 # pair built by another recipe is built again.
-CRIU_LEAN_RECIPE=no-gnutls
+CRIU_LEAN_RECIPE=no-gnutls,static-libs,no-pie
+
+# A directory of static libraries (and a linker script for libbsd, which
+# needs libmd) that the lean CRIU's link finds before the shared ones: GNU
+# ld takes the first directory that has lib<name>.so or lib<name>.a.
+lean_static_libs() {
+	local dir=$1 lib multiarch
+	multiarch=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+	mkdir -p "$dir"
+	for lib in protobuf-c nl-3 net uuid bsd md; do
+		if [ ! -f "$multiarch/lib$lib.a" ]; then
+			echo "$multiarch/lib$lib.a is missing (its -dev package installs it)" >&2
+			exit 1
+		fi
+	done
+	for lib in protobuf-c nl-3 net uuid; do
+		ln -sf "$multiarch/lib$lib.a" "$dir/lib$lib.a"
+	done
+	echo "GROUP ( $multiarch/libbsd.a $multiarch/libmd.a )" >"$dir/libbsd.so"
+}
 
 criu_pair_stamp() {
 	echo "$CRIU_VERSION $CRIU_LEAN_RECIPE $(stat -c %Y /usr/local/sbin/criu 2>/dev/null) $(stat -c %Y "$CRIU_LEAN" 2>/dev/null)"
@@ -125,9 +147,15 @@ SRC
 		rm -rf "$dir"
 		mkdir -p "$dir"
 		tar -C "$dir" -xf "$tarball"
-		local extra=()
-		[ "$variant" = lean ] && extra=(NO_GNUTLS=1)
-		SOURCE_DATE_EPOCH=$epoch make -C "$dir/criu-${CRIU_VERSION}" -j"$(nproc)" "${extra[@]}" criu \
+		local extra=() wrap=
+		if [ "$variant" = lean ]; then
+			extra=(NO_GNUTLS=1)
+			lean_static_libs "$dir/static-libs"
+			# WRAPFLAGS reaches only the final links (criu/Makefile);
+			# LDFLAGS would reach CRIU's parasite blobs too.
+			wrap="-L$dir/static-libs -no-pie"
+		fi
+		SOURCE_DATE_EPOCH=$epoch WRAPFLAGS=$wrap make -C "$dir/criu-${CRIU_VERSION}" -j"$(nproc)" "${extra[@]}" criu \
 			>"$src/criu-build-$variant.log" 2>&1 || {
 			tail -30 "$src/criu-build-$variant.log" >&2
 			echo "criu build failed; full log: $src/criu-build-$variant.log" >&2
@@ -136,8 +164,8 @@ SRC
 	done
 	install -m 0755 "$src/full/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
 	install -D -m 0755 "$src/lean/criu-${CRIU_VERSION}/criu/criu" "$CRIU_LEAN"
-	if ldd "$CRIU_LEAN" | grep -q gnutls || ! ldd "$CRIU_LEAN" | grep -q nftables; then
-		echo "$CRIU_LEAN: expected a CRIU without GnuTLS, with libnftables: $(ldd "$CRIU_LEAN" | tr '\n' ' ')" >&2
+	if ldd "$CRIU_LEAN" | grep -qE 'gnutls|protobuf-c|libnl-3' || ! ldd "$CRIU_LEAN" | grep -q nftables; then
+		echo "$CRIU_LEAN: expected a CRIU without GnuTLS, with libnftables, its small libraries linked in: $(ldd "$CRIU_LEAN" | tr '\n' ' ')" >&2
 		exit 1
 	fi
 	criu_pair_stamp >"$CRIU_PAIR"
