@@ -5,6 +5,8 @@
 #
 #   hack/install.sh            everything
 #   SKIP_VM_TOOLING=1 hack/install.sh   without qemu/kernel/virtme-ng
+#   CNTRLIVE_DYNAMIC=1 hack/install.sh  the runtime linked dynamically (by
+#                                       default it is static: .cargo/config.toml)
 #
 # What and why (see docs/environment.md):
 #   - CRIU 4.2.1 built from Debian's upstream tarball: bookworm's 3.17 fails
@@ -15,7 +17,8 @@
 #     peer we compare against), busybox-static (the test rootfs).
 #   - qemu-system-x86 + linux-image-amd64 (6.1, soft-dirty) + virtme-ng for
 #     pre-dump tests on a second kernel.
-#   - the Rust build of cntrlive-runtime itself.
+#   - the Rust build of cntrlive-runtime itself (statically linked, at
+#     target/x86_64-unknown-linux-gnu/release/cntrlive-runtime).
 set -euo pipefail
 
 CRIU_VERSION=4.2.1
@@ -231,8 +234,17 @@ install_rootfs() {
 
 build_runtime() {
 	[ "${SKIP_BUILD:-0}" = 1 ] && return
-	log "cargo build --release"
-	(cd "$TOP" && cargo build --release --quiet)
+	if [ "${CNTRLIVE_DYNAMIC:-0}" = 1 ]; then
+		# RUSTFLAGS, when set (even empty), replaces .cargo/config.toml's
+		# target rustflags (crt-static, relocation-model=static): a
+		# dynamically linked binary, at the same path, for a host whose
+		# glibc differs from the build host's (docs/compatibility.md).
+		log "cargo build --release (dynamically linked: CNTRLIVE_DYNAMIC=1)"
+		(cd "$TOP" && RUSTFLAGS="" cargo build --release --quiet)
+	else
+		log "cargo build --release"
+		(cd "$TOP" && env -u RUSTFLAGS cargo build --release --quiet)
+	fi
 }
 
 sysctls() {
