@@ -241,10 +241,10 @@ build_runtime() {
 		# glibc differs from the build host's (docs/compatibility.md).
 		log "cargo build --release (dynamically linked: CNTRLIVE_DYNAMIC=1)"
 		(cd "$TOP" && RUSTFLAGS="" cargo build --release --quiet)
-	else
-		log "cargo build --release"
-		(cd "$TOP" && env -u RUSTFLAGS cargo build --release --quiet)
+		return
 	fi
+	log "cargo build --release"
+	(cd "$TOP" && cargo build --release --quiet)
 }
 
 sysctls() {

@@ -149,9 +149,9 @@ fn run_command(cli: Cli) -> anyhow::Result<i32> {
 /// `RUST_BACKTRACE` is set and `RUST_LIB_BACKTRACE` is not. The runtime
 /// never shows them (an error is one line, runc's format), and they are
 /// dear: in the static binary the first capture sorts the unwind entries of
-/// the whole binary (~5.7 ms here for `state` of a missing container with
-/// `RUST_BACKTRACE=1`, against 1.2 ms for `--version`; docs/performance.md,
-/// "Session 14"). Panics still follow `RUST_BACKTRACE`; an explicit
+/// the whole binary (`state` of a missing container with `RUST_BACKTRACE=1`
+/// took 7.6 ms instead of 1.3; docs/performance.md, "Session 13 and 14").
+/// Panics still follow `RUST_BACKTRACE`; an explicit
 /// `RUST_LIB_BACKTRACE` is left as it is.
 fn error_backtraces_off(rust_lib_backtrace_set: bool, rust_backtrace_set: bool) -> bool {
     rust_backtrace_set && !rust_lib_backtrace_set
