@@ -138,11 +138,11 @@ class Runtime:
             raise AssertionError(f"{' '.join(p.args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
         return p
 
-    def run_piped(self, *args, global_args=()):
+    def run_piped(self, *args, global_args=(), cwd=None):
         """Run with stdout/stderr on fresh pipes, as containerd's shim does
         (CRIU cannot dump a container whose stdio is a host file). The
         pipes stay open in the returned Popen; the call itself is waited for."""
-        p = subprocess.Popen(self.argv(*args, global_args=global_args), stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(self.argv(*args, global_args=global_args), stdin=subprocess.DEVNULL, cwd=cwd,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pipes = getattr(self, "_pipes", []) + [p]
         rc = p.wait(timeout=120)

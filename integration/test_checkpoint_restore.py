@@ -275,6 +275,65 @@ def test_container_with_a_child_cgroup_checkpoints_restores_and_deletes(rt, tmp_
 
 # ---- bad input: refused before any process starts, nothing registered ------
 
+def set_resources(bundle, resources):
+    """Add to the bundle's linux.resources."""
+    cfg_file = pathlib.Path(bundle) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["linux"].setdefault("resources", {}).update(resources)
+    cfg_file.write_text(json.dumps(cfg, indent=1))
+
+
+def v1_file(pid, ctrl, name):
+    """A file of the v1 cgroup `pid` sits in under controller `ctrl`."""
+    return (pathlib.Path("/sys/fs/cgroup", ctrl) / v1_cgroups(pid)[ctrl].lstrip("/") / name).read_text().strip()
+
+
+def test_restored_container_has_its_bundles_resources(rt, tmp_path):
+    """The restoring bundle's linux.resources are in force in the restored
+    container's cgroup: a pids and a memory limit, and the devices policy
+    (all denied, then the default devices allowed). Ours builds libcgroups'
+    manager while CRIU restores and applies them at CRIU's
+    "setup-namespaces" notification, before any restored task mounts,
+    makes a node or opens a file; runc applies them before its request."""
+    if not v1_host():
+        pytest.skip("reads the cgroup v1 files (this host's layout)")
+    before = cgroup_dirs()
+    try:
+        img, b2 = checkpointed(rt, tmp_path)
+        set_resources(b2, {"pids": {"limit": 77}, "memory": {"limit": 256 << 20}})
+        n = read_count(b2)
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "res-ok")
+        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
+        pid = rt.state("res-ok")["pid"]
+        assert v1_file(pid, "pids", "pids.max") == "77"
+        assert int(v1_file(pid, "memory", "memory.limit_in_bytes")) == 256 << 20
+        devices = v1_file(pid, "devices", "devices.list").splitlines()
+        assert "a *:* rwm" not in devices and "c 1:3 rwm" in devices, devices
+        assert rt.run("exec", "res-ok", "cat", "/proc/self/cgroup").returncode == 0
+        rt.run("delete", "--force", "res-ok")
+        assert not new_cgroup_dirs(before, "res-ok")
+    finally:
+        rt.cleanup()
+
+
+def test_restore_whose_resources_cannot_be_applied_leaves_nothing(rt, tmp_path):
+    """A cpuset naming CPUs this machine lacks cannot be written: the
+    restore fails, nothing runs or is registered, no CRIU is left and the
+    new cgroup is gone. Ours fails CRIU's notification, so CRIU aborts and
+    kills what it had restored; runc fails before its request."""
+    before = cgroup_dirs()
+    try:
+        img, b2 = checkpointed(rt, tmp_path)
+        set_resources(b2, {"cpu": {"cpus": str((os.cpu_count() or 1) + 7)}})
+        n = read_count(b2)
+        p = rt.run("restore", "-d", "--image-path", img, "--bundle", b2, "res-bad", check=False)
+        assert_refused(rt, p, b2, n, "cpuset" if rt.name == "cntrlive" else "")
+        assert not criu_procs(REAL_CRIUS), "a CRIU process was left behind"
+        assert not new_cgroup_dirs(before, "res-bad")
+    finally:
+        rt.cleanup()
+
+
 def test_restore_missing_images(rt, tmp_path):
     b = make_bundle(tmp_path / "b")
     p = rt.run("restore", "-d", "--image-path", tmp_path / "nope", "--bundle", b, "c1", check=False)

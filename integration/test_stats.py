@@ -23,7 +23,8 @@ def test_checkpoint_and_restore_stats(tmp_path):
         rt.run_piped("run", "-d", "--bundle", b, "s1")
         wait_for(lambda: read_count(b) > 3, what="counter")
         img = tmp_path / "img"
-        p = rt.run("checkpoint", "--stats=json", "--image-path", img, "s1")
+        p = rt.run("checkpoint", "--stats=json", "--image-path", img, "s1", cwd=b)
+        assert not (b / "stats-dump").exists() and (img / "stats-dump").exists()
         rep = json.loads(p.stdout)
         d = rep["criu"]["dump"]
         assert rep["operation"] == "checkpoint" and rep["container_id"] == "s1"
@@ -44,7 +45,12 @@ def test_checkpoint_and_restore_stats(tmp_path):
         b2 = tmp_path / "b2"
         shutil.copytree(b, b2, symlinks=True)
         n = read_count(b2)
-        p = rt.run_piped("restore", "-d", "--stats", "--image-path", img, "--bundle", b2, "s2")
+        # From the bundle, as containerd's shim calls it: CRIU's files go
+        # to the work dir (CRIU moves there itself; the runtime spawns it
+        # without a working directory of its own, through posix_spawn).
+        p = rt.run_piped("restore", "-d", "--stats", "--image-path", img, "--bundle", b2, "s2", cwd=b2)
+        assert not (b2 / "stats-restore").exists()
+        assert (img / "stats-restore").exists()
         # The pipe stays open in the restored container: read what is there.
         select.select([p.stdout], [], [], 2)
         text = os.read(p.stdout.fileno(), 65536).decode()

@@ -281,22 +281,24 @@ impl Session {
         if no_tls {
             cmd.env("GNUTLS_NO_IMPLICIT_INIT", "1");
         }
-        if let Some(dir) = &cfg.work_dir {
-            // CRIU writes some files relative to its cwd (stats-restore):
-            // keep them in the work dir, not the caller's (the bundle).
-            cmd.current_dir(dir);
-        }
+        // No working directory of its own: CRIU moves into the work dir
+        // it is sent with each request (work_dir_fd), and files it writes
+        // relative to its cwd (stats-dump, stats-restore) land there
+        // (integration/test_stats.py). A `current_dir` here made std fork
+        // instead of posix_spawn in the static build (its chdir file
+        // action is looked up through dlsym, which static glibc lacks).
         if !cfg.inherit_stdio {
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr);
         }
         // Own process group: the whole of CRIU (it forks helpers) can be
-        // killed at once. No pre_exec hook: std then spawns through
-        // posix_spawn (clone with CLONE_VM|CLONE_VFORK), which copies no
-        // page tables — a fork of the runtime cost ~0.3 ms here, and made
-        // every page the runtime wrote afterwards fault once more. The
-        // child's signal mask is emptied by std either way.
+        // killed at once. No pre_exec hook (nor a working directory, above):
+        // std then spawns through posix_spawn (clone with
+        // CLONE_VM|CLONE_VFORK), which copies no page tables — a fork of
+        // the runtime cost ~0.3 ms here, and made every page the runtime
+        // wrote afterwards fault once more. The child's signal mask is
+        // emptied by std either way.
         cmd.process_group(0);
         // CRIU's end is inherited only across this spawn: close-on-exec
         // again at once, so no later child (the janitor) holds it and a
