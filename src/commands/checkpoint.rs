@@ -541,6 +541,21 @@ pub(crate) fn dump(
 
     match result {
         Ok((criu_time, pre_copy)) => {
+            let keep_frozen = opts.keep_frozen && !opts.pre_dump;
+            // Read from the tasks, before the thaw lets them die.
+            let one_set = one_cgroup_set
+                .take()
+                .is_some_and(|t| t.join().unwrap_or(false));
+            // We froze it; CRIU left it as it found it. Thawed at once (its
+            // tasks, killed by CRIU, die — or, left running, run on — while
+            // the manifest is written) and removed on a thread meanwhile
+            // (~0.7 ms of cgroup rmdirs here, after the manifest before).
+            if let Some(f) = thaw.as_ref().filter(|_| !keep_frozen) {
+                f.thaw().with_context(|| {
+                    format!("checkpoint done, but failed to thaw {}", f.file.display())
+                })?;
+            }
+            let removing = removal.map(|r| r.start(&c));
             let diskless = final_opts.page_server.is_some();
             let mut m = manifest(
                 if opts.pre_dump { "pre-dump" } else { "dump" },
@@ -549,9 +564,7 @@ pub(crate) fn dump(
             if !diskless {
                 m.image_sizes = images::image_sizes(&opts.image_path);
             }
-            m.one_cgroup_set = one_cgroup_set
-                .take()
-                .is_some_and(|t| t.join().unwrap_or(false));
+            m.one_cgroup_set = one_set;
             m.write(&opts.image_path)?;
             // What CRIU measured; a CRIU that wrote no statistics does not
             // fail a checkpoint that succeeded (only --stats needs them).
@@ -590,7 +603,7 @@ pub(crate) fn dump(
                     serde_json::to_vec_pretty(r).unwrap_or_default(),
                 );
             }
-            if opts.keep_frozen && !opts.pre_dump {
+            if keep_frozen {
                 // The caller ends it (migrate); the janitor stays armed.
                 session.end();
                 return Ok(Dumped {
@@ -603,12 +616,6 @@ pub(crate) fn dump(
                     }),
                 });
             }
-            // We froze it; CRIU left it as it found it.
-            if let Some(f) = &thaw {
-                f.thaw().with_context(|| {
-                    format!("checkpoint done, but failed to thaw {}", f.file.display())
-                })?;
-            }
             let janitor_exit = janitor.disarm_reap_later();
             tracing::debug!(phase = "manifest and stats written, thawed", "checkpoint");
             if chain.on {
@@ -618,10 +625,10 @@ pub(crate) fn dump(
                     let _ = std::fs::remove_dir_all(&chain.dir);
                 }
             }
-            if let Some(removal) = removal {
+            if let Some(removing) = removing {
                 // As runc: CRIU killed the container; remove it.
-                removal
-                    .run(&mut c)
+                removing
+                    .finish(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
             tracing::debug!(phase = "container removed", "checkpoint");
