@@ -115,7 +115,7 @@ struct Undo {
     cgroup: Option<AnyCgroupManager>,
     pid: Option<i32>,
     /// The mounts above, being detached on a thread (`detach_in_background`).
-    detaching: Option<std::thread::JoinHandle<()>>,
+    detaching: Option<std::thread::JoinHandle<Vec<PathBuf>>>,
 }
 
 impl Undo {
@@ -156,17 +156,24 @@ impl Undo {
             .into_iter()
             .flatten()
             .collect();
+        // The thread only detaches. Removing a directory that was a mount
+        // point waits for an RCU grace period holding its parent's lock —
+        // the container's state directory, where the registration creates
+        // its files (each creation took ~0.4 ms more behind it): the
+        // directories go after the join.
         self.detaching = Some(std::thread::spawn(move || {
-            for r in mounts {
-                let _ = umount2(&r, MntFlags::MNT_DETACH);
-                let _ = std::fs::remove_dir(&r);
+            for r in &mounts {
+                let _ = umount2(r, MntFlags::MNT_DETACH);
             }
+            mounts
         }));
     }
 
     fn wait_detached(&mut self) {
         if let Some(t) = self.detaching.take() {
-            let _ = t.join();
+            for r in t.join().unwrap_or_default() {
+                let _ = std::fs::remove_dir(&r);
+            }
         }
     }
 }
