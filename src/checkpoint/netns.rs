@@ -36,14 +36,7 @@ pub fn skippable(pid: i32, loopback_only: bool, spec: &oci_spec::runtime::Spec) 
     }
     // A fresh namespace would belong to our user namespace, not the
     // container's.
-    let userns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
-        });
+    let userns = super::spec::has_namespace(spec, oci_spec::runtime::LinuxNamespaceType::User);
     let sysctl = spec
         .linux()
         .as_ref()
@@ -69,15 +62,16 @@ pub fn lo_up(pid: i32) -> Result<bool> {
 }
 
 /// A new network namespace, `lo` up if `lo_up`; its file (on an fd ≥ 100,
-/// not close-on-exec: CRIU inherits it).
-pub fn fresh(f: FreshNetns) -> Result<File> {
-    let ns = in_thread(move || {
+/// not close-on-exec: CRIU inherits it). Made in the calling thread, which
+/// stays in it: call it on a thread of its own (the restore does).
+pub fn fresh_in_this_thread(f: FreshNetns) -> Result<File> {
+    let ns = {
         unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
         if f.lo_up {
             lo_flags(true)?;
         }
-        File::open("/proc/thread-self/ns/net").context("cannot open the new network namespace")
-    })?;
+        File::open("/proc/thread-self/ns/net").context("cannot open the new network namespace")?
+    };
     let high = nix::fcntl::fcntl(ns.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(100))?;
     // SAFETY: a fresh fd we own.
     Ok(unsafe { File::from_raw_fd(high) })
@@ -127,7 +121,7 @@ mod tests {
 
     #[test]
     fn fresh_netns_has_lo_up_ok() {
-        let ns = fresh(FreshNetns { lo_up: true }).unwrap();
+        let ns = in_thread(|| fresh_in_this_thread(FreshNetns { lo_up: true })).unwrap();
         let up = in_thread(move || {
             setns(&ns, CloneFlags::CLONE_NEWNET)?;
             lo_flags(false)

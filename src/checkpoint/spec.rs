@@ -9,6 +9,14 @@ pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
 /// runc's default CRIU configuration file, used when the annotation is absent.
 pub const DEFAULT_CRIU_CONFIG: &str = "/etc/criu/runc.conf";
 
+/// Whether config.json asks for a namespace of type `typ` (new or joined).
+pub fn has_namespace(spec: &Spec, typ: oci_spec::runtime::LinuxNamespaceType) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ))
+}
+
 /// The CRIU configuration file for this container, as runc picks it: the
 /// `org.criu.config` annotation ("" disables it), else /etc/criu/runc.conf
 /// if it exists.
