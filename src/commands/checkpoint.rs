@@ -546,16 +546,14 @@ pub(crate) fn dump(
             let one_set = one_cgroup_set
                 .take()
                 .is_some_and(|t| t.join().unwrap_or(false));
-            // We froze it; CRIU left it as it found it. Thawed at once (its
-            // tasks, killed by CRIU, die — or, left running, run on — while
-            // the manifest is written) and removed on a thread meanwhile
-            // (~0.7 ms of cgroup rmdirs here, after the manifest before).
+            // We froze it; CRIU left it as it found it. Thawed at once: left
+            // running, it runs on while the manifest is written; killed by
+            // CRIU, its tasks die meanwhile, before the removal below.
             if let Some(f) = thaw.as_ref().filter(|_| !keep_frozen) {
                 f.thaw().with_context(|| {
                     format!("checkpoint done, but failed to thaw {}", f.file.display())
                 })?;
             }
-            let removing = removal.map(|r| r.start(&c));
             let diskless = final_opts.page_server.is_some();
             let mut m = manifest(
                 if opts.pre_dump { "pre-dump" } else { "dump" },
@@ -625,10 +623,10 @@ pub(crate) fn dump(
                     let _ = std::fs::remove_dir_all(&chain.dir);
                 }
             }
-            if let Some(removing) = removing {
+            if let Some(removal) = removal {
                 // As runc: CRIU killed the container; remove it.
-                removing
-                    .finish(&mut c)
+                removal
+                    .run(&mut c)
                     .context("checkpoint done, but removing the container failed")?;
             }
             tracing::debug!(phase = "container removed", "checkpoint");

@@ -104,66 +104,28 @@ impl DumpedRemoval {
         DumpedRemoval { dirs }
     }
 
-    /// Start removing: the plain case on a thread (joined by
-    /// [`Removing::finish`], or when dropped).
-    pub(crate) fn start(self, c: &libcontainer::container::Container) -> Removing {
+    pub(crate) fn run(self, c: &mut libcontainer::container::Container) -> Result<()> {
+        let id = c.id().to_string();
         let Some(dirs) = self.dirs else {
-            return Removing(None);
+            return c
+                .delete(true)
+                .with_context(|| format!("failed to delete container \"{id}\""));
         };
-        let (id, root) = (c.id().to_string(), c.root.clone());
-        Removing(Some(std::thread::spawn(move || {
-            remove_dirs(&id, &dirs, &root)
-        })))
-    }
-}
-
-/// A removal under way ([`DumpedRemoval::start`]).
-pub(crate) struct Removing(Option<std::thread::JoinHandle<Result<()>>>);
-
-impl Removing {
-    /// Wait for it (or do it: libcontainer's delete).
-    pub(crate) fn finish(mut self, c: &mut libcontainer::container::Container) -> Result<()> {
-        match self.0.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow::anyhow!("the removal thread panicked"))?,
-            None => {
-                let id = c.id().to_string();
-                c.delete(true)
-                    .with_context(|| format!("failed to delete container \"{id}\""))
-            }
+        for d in dirs.iter().filter(|d| d.exists()) {
+            crate::criu::janitor::remove_cgroup_dir(d).with_context(|| {
+                format!(
+                    "failed to delete container \"{id}\": its cgroup {} stays",
+                    d.display()
+                )
+            })?;
         }
-    }
-}
-
-impl Drop for Removing {
-    /// Never cut short by the process's exit on an early return.
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The plain removal: the container's v1 cgroup directories, then its state.
-fn remove_dirs(id: &str, dirs: &[std::path::PathBuf], root: &std::path::Path) -> Result<()> {
-    if let Some(d) = dirs.first() {
-        crate::criu::janitor::wait_tasks_gone(d, std::time::Duration::from_secs(1));
-    }
-    for d in dirs.iter().filter(|d| d.exists()) {
-        crate::criu::janitor::remove_cgroup_dir(d).with_context(|| {
+        std::fs::remove_dir_all(&c.root).with_context(|| {
             format!(
-                "failed to delete container \"{id}\": its cgroup {} stays",
-                d.display()
+                "failed to delete container \"{id}\": cannot remove {}",
+                c.root.display()
             )
-        })?;
+        })
     }
-    std::fs::remove_dir_all(root).with_context(|| {
-        format!(
-            "failed to delete container \"{id}\": cannot remove {}",
-            root.display()
-        )
-    })
 }
 
 /// Before libcontainer removes the cgroups: SIGKILL every process of the

@@ -253,15 +253,41 @@ pub fn cgroup_manager(container: &Container) -> Result<AnyCgroupManager> {
             container.id()
         )
     })?;
-    libcgroups::common::create_cgroup_manager(CgroupConfig {
-        cgroup_path: config.cgroup_path,
-        systemd_cgroup: container.systemd(),
-        container_name: container.id().to_string(),
-    })
-    .with_context(|| {
+    cgroup_manager_at(config.cgroup_path, container.systemd(), container.id()).with_context(|| {
         format!(
             "failed to open the cgroup of container \"{}\"",
             container.id()
         )
     })
+}
+
+/// libcgroups' manager of the cgroup at `cgroup_path` (a container's,
+/// named `id`), loaded or about to be made (a restore).
+pub fn cgroup_manager_at(
+    cgroup_path: std::path::PathBuf,
+    systemd_cgroup: bool,
+    id: &str,
+) -> Result<AnyCgroupManager, libcgroups::common::CreateCgroupSetupError> {
+    libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path,
+        systemd_cgroup,
+        container_name: id.to_string(),
+    })
+}
+
+/// Write `resources` (config.json's `linux.resources`, or `update`'s) to
+/// a container's cgroup.
+pub fn apply_resources(
+    manager: &AnyCgroupManager,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<()> {
+    use libcgroups::common::CgroupManager as _;
+    manager
+        .apply(&libcgroups::common::ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(anyhow::Error::from)
 }

@@ -15,9 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use libcgroups::common::{
-    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, CreateCgroupSetupError,
-};
+use libcgroups::common::{AnyCgroupManager, CgroupManager, CreateCgroupSetupError};
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::{Container, ContainerStatus};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -248,37 +246,12 @@ fn inherit_fds(image_path: &Path, ours: [i32; 3]) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// The restored container's cgroup manager (libcgroups').
-fn cgroup_manager_for(
-    cgroup_path: PathBuf,
-    systemd_cgroup: bool,
-    id: &str,
-) -> Result<AnyCgroupManager, CreateCgroupSetupError> {
-    libcgroups::common::create_cgroup_manager(CgroupConfig {
-        cgroup_path,
-        systemd_cgroup,
-        container_name: id.to_string(),
-    })
-}
-
 /// config.json's `linux.resources` (none: the defaults).
 fn resources_of(spec: &oci_spec::runtime::Spec) -> LinuxResources {
     spec.linux()
         .as_ref()
         .and_then(|l| l.resources().clone())
         .unwrap_or_default()
-}
-
-/// The container's resources written to its cgroup.
-fn apply_resources(manager: &AnyCgroupManager, resources: &LinuxResources) -> Result<()> {
-    manager
-        .apply(&ControllerOpt {
-            resources,
-            disable_oom_killer: false,
-            oom_score_adj: None,
-            freezer_state: None,
-        })
-        .context("failed to apply the container's resources")
 }
 
 type MakingManager = std::thread::JoinHandle<Result<AnyCgroupManager, CreateCgroupSetupError>>;
@@ -317,14 +290,13 @@ impl LateCgroup {
         );
         LateCgroup {
             making: Some(std::thread::spawn(move || {
-                // Only on a CPU nothing else wants: a new thread runs
-                // first, and otherwise held the runtime's own thread off
-                // its CPU until the manager was built (~1.3 ms) before
-                // the RESTORE request went out.
+                // Only on a CPU nothing else wants: CRIU restores
+                // meanwhile (the two vCPUs here still slow each other:
+                // docs/performance.md, "Session 15").
                 let idle = libc::sched_param { sched_priority: 0 };
                 // SAFETY: this thread's own policy; a plain C call.
                 unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
-                cgroup_manager_for(cgroup_path, false, &id)
+                super::cgroup_manager_at(cgroup_path, false, &id)
             })),
             manager: None,
             resources: resources_of(spec),
@@ -337,8 +309,8 @@ impl LateCgroup {
         }
     }
 
-    /// The manager, waiting for its thread.
-    fn manager(&mut self) -> Result<&AnyCgroupManager> {
+    /// Wait for the thread: the manager, or why there is none.
+    fn join(&mut self) -> Result<()> {
         if let Some(t) = self.making.take() {
             let m = t
                 .join()
@@ -346,17 +318,18 @@ impl LateCgroup {
                 .context("failed to set up the container's cgroup")?;
             self.manager = Some(m);
         }
-        self.manager
-            .as_ref()
-            .context("failed to set up the container's cgroup")
+        Ok(())
     }
 
     fn apply(&mut self) -> Result<()> {
         if !self.applied {
-            self.manager()?;
-            if let Some(m) = &self.manager {
-                apply_resources(m, &self.resources)?;
-            }
+            self.join()?;
+            let m = self
+                .manager
+                .as_ref()
+                .context("failed to set up the container's cgroup")?;
+            super::apply_resources(m, &self.resources)
+                .context("failed to apply the container's resources")?;
             self.applied = true;
         }
         Ok(())
@@ -581,12 +554,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             // CRIU itself goes into the container's cgroup, so the tasks it
             // restores land there (runc's criuApplyCgroups).
             let manager =
-                cgroup_manager_for(youki.cgroup_path.clone(), ctx.global.systemd_cgroup, &id)
+                super::cgroup_manager_at(youki.cgroup_path.clone(), ctx.global.systemd_cgroup, &id)
                     .context("failed to set up the container's cgroup")?;
             manager
                 .add_task(session.pgid())
                 .context("failed to move CRIU into the container's cgroup")?;
-            apply_resources(&manager, &resources_of(spec))?;
+            super::apply_resources(&manager, &resources_of(spec))
+                .context("failed to apply the container's resources")?;
             undo.cgroup = Some(manager);
         }
         let cgroup_root = format!(
@@ -672,7 +646,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         if let Some(mut l) = late {
             // Succeeded, CRIU notified "post-restore" at the latest; failed,
             // the manager kills and removes what is left (Undo::run).
-            let _ = l.manager();
+            let _ = l.join();
             undo.cgroup = l.manager.take();
             if resp.is_ok() && !l.applied {
                 bail!("CRIU restored without the notification the container's resources are applied at (\"{}\" or \"post-restore\")", l.at);

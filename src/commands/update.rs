@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{self, BufReader};
 
 use anyhow::{bail, Context as _, Result};
-use libcgroups::common::{CgroupManager, ControllerOpt};
 use libcontainer::container::ContainerStatus;
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
 
@@ -111,13 +110,7 @@ pub fn update(args: UpdateArgs, ctx: &Ctx) -> Result<()> {
         }
         None => resources_from_flags(&args)?,
     };
-    cgroup_manager(&c)?
-        .apply(&ControllerOpt {
-            resources: &resources,
-            disable_oom_killer: false,
-            oom_score_adj: None,
-            freezer_state: None,
-        })
+    super::apply_resources(&cgroup_manager(&c)?, &resources)
         .with_context(|| format!("failed to update the resources of container \"{id}\""))?;
     Ok(())
 }

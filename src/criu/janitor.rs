@@ -131,33 +131,6 @@ impl Action {
     }
 }
 
-/// Wait (`limit` at most) until the tasks now in the cgroup `dir` have
-/// exited, each through a pidfd: it reads as ready once the task has left
-/// its cgroups, so the rmdirs that follow do not meet EBUSY and sleep
-/// through a backoff step longer than the exit (a killed busybox left in
-/// ~0.3 ms here; polling rmdir slept 0.1 + 0.2 + 0.4 ms). A task that is
-/// gone already, or whose pidfd cannot be had, is not waited for.
-pub fn wait_tasks_gone(dir: &Path, limit: Duration) {
-    let fds: Vec<OwnedFd> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<i32>().ok())
-        .filter_map(|p| super::session::pidfd_open(Pid::from_raw(p)).ok())
-        .collect();
-    let deadline = std::time::Instant::now() + limit;
-    for fd in &fds {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut pfd = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(fd),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)).unwrap_or(0) == 0 {
-            return;
-        }
-    }
-}
-
 /// Remove an empty (or emptying) cgroup directory: a task that was just
 /// killed may still be exiting (EBUSY); any left is killed. Child cgroups
 /// the container made go first, deepest first (runc's `RemovePath` does
