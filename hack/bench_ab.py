@@ -12,11 +12,21 @@ to a copy first, e.g.
 
 Prints the medians of wall time, CRIU's own time (last timestamp of its log)
 and the overhead (wall − CRIU) of each build. Writes nothing.
+
+Either build may be runc (`hack/bench_ab.py RUNTIME $(command -v runc)`):
+the cycle uses only runc's flags.
+
+`--busy N` keeps N shell busy-loops running for the whole run (N = the
+number of CPUs: every CPU saturated). That reproduces this VM's "slow
+spells" on demand — CRIU's own time about doubles — and shows what a
+saturated machine does to each runtime (docs/performance.md, "Session 16").
 """
 import argparse
+import contextlib
 import pathlib
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -24,23 +34,34 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench import cr_cycle, make_bundle  # noqa: E402
 
 
+@contextlib.contextmanager
+def busy_loops(n):
+    """n shell loops that never sleep, killed on the way out."""
+    loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in loops:
+            p.kill()
+        for p in loops:
+            p.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a", help="build A (e.g. before)")
     ap.add_argument("b", help="build B (e.g. after)")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N busy-loops running meanwhile (the CPU count saturates every CPU)")
     a = ap.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="cntrlive-ab-"))
     builds = {"A": a.a, "B": a.b}
     res = {k: [] for k in builds}
     try:
         bundle = make_bundle(work / "bundle")
-        for i in range(a.rounds + 1):
-            order = list(builds.items()) if i % 2 == 0 else list(reversed(builds.items()))
-            for k, binary in order:
-                r = cr_cycle(binary, str(work / f"root-{k}"), str(bundle), work, f"{k}{i}")
-                if i >= 1:  # the first round warms up
-                    res[k].append(r)
+        with busy_loops(a.busy):
+            rounds(a, builds, bundle, work, res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for k, binary in builds.items():
@@ -51,7 +72,20 @@ def main():
             over = statistics.median((r[op] - r[op + "_criu"]) for r in res[k]) * 1e3
             line.append(f"{op} {wall:.1f} ms (CRIU {criu:.1f}, overhead {over:.1f})")
         print(" ".join(line[:1]) + "\n  " + "\n  ".join(line[1:]))
-    print(f"{a.rounds} rounds, interleaved")
+    for op in ("checkpoint", "restore"):
+        ratio = statistics.median(r[op] for r in res["A"]) / statistics.median(r[op] for r in res["B"])
+        print(f"{op}: A/B {ratio:.2f}")
+    print(f"{a.rounds} rounds, interleaved" + (f", {a.busy} busy-loops running" if a.busy else ""))
+
+
+def rounds(a, builds, bundle, work, res):
+    """The interleaved rounds, the first one a warm-up; results into res."""
+    for i in range(a.rounds + 1):
+        order = list(builds.items()) if i % 2 == 0 else list(reversed(builds.items()))
+        for k, binary in order:
+            r = cr_cycle(binary, str(work / f"root-{k}"), str(bundle), work, f"{k}{i}")
+            if i >= 1:
+                res[k].append(r)
 
 
 if __name__ == "__main__":

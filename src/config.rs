@@ -29,6 +29,10 @@
 //!   the same source with the same `SOURCE_DATE_EPOCH`, so that both read
 //!   one kernel-facts cache (the epoch is part of its magic). `""`
 //!   switches it off.
+//! - `criu.short_slice` (default true): CRIU runs with a 0.1 ms scheduler
+//!   slice (Linux ≥ 6.12), so its wake-ups preempt busy tasks sooner; its
+//!   CPU share is unchanged, and restored tasks get the default slice back
+//!   before they run (src/sched.rs). false leaves CRIU the caller's slice.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +57,8 @@ pub struct CriuConfig {
     pub kdat_cache: bool,
     #[serde(default = "default_lean")]
     pub lean: PathBuf,
+    #[serde(default = "yes")]
+    pub short_slice: bool,
 }
 
 fn yes() -> bool {
@@ -71,6 +77,7 @@ impl Default for CriuConfig {
         CriuConfig {
             kdat_cache: true,
             lean: default_lean(),
+            short_slice: true,
         }
     }
 }
@@ -104,7 +111,7 @@ impl Config {
         };
         serde_json::from_slice(&text).with_context(|| {
             format!(
-                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.lean)",
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.lean, criu.short_slice)",
                 path.display()
             )
         })
@@ -137,5 +144,16 @@ mod tests {
         assert_eq!(c.criu.lean, Path::new(DEFAULT_CRIU_LEAN));
         let c = load(br#"{"criu":{"lean":""}}"#).unwrap();
         assert!(c.criu.lean.as_os_str().is_empty() && c.criu.kdat_cache);
+    }
+
+    #[test]
+    fn criu_short_slice_defaults_on_and_can_be_switched_off() {
+        assert!(load(b"{}").unwrap().criu.short_slice);
+        assert!(
+            !load(br#"{"criu":{"short_slice":false}}"#)
+                .unwrap()
+                .criu
+                .short_slice
+        );
     }
 }

@@ -19,6 +19,7 @@ mod docker;
 mod lock;
 mod logging;
 mod migrate;
+mod sched;
 mod store;
 
 use std::process::ExitCode;

@@ -29,6 +29,7 @@ fn probe_config(criu: &std::path::Path, timeout: std::time::Duration) -> Session
     SessionConfig {
         criu: criu.to_path_buf(),
         criu_lean: None,
+        short_slice: false,
         timeout,
         work_dir: None,
         inherit_stdio: false,

@@ -67,6 +67,12 @@ impl Ctx {
         (!p.as_os_str().is_empty() && p.is_file()).then_some(p)
     }
 
+    /// Whether CRIU starts with a short scheduler slice (config
+    /// `criu.short_slice`, src/sched.rs).
+    pub fn short_slice(&self) -> bool {
+        self.config().map(|c| c.criu.short_slice).unwrap_or(true)
+    }
+
     /// The global flags a child of ours must get to act on the same host.
     pub fn child_args(&self) -> Vec<std::ffi::OsString> {
         let g = &self.global;
@@ -168,6 +174,7 @@ pub fn spawn_criu_in(
     let cfg = crate::criu::session::SessionConfig {
         criu: ctx.global.criu().to_path_buf(),
         criu_lean: ctx.criu_lean(),
+        short_slice: ctx.short_slice(),
         timeout: checkpoint::criu_timeout(ctx)?,
         work_dir: Some(work_dir.to_path_buf()),
         inherit_stdio,

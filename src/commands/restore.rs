@@ -43,6 +43,9 @@ struct RestoreNotify<'a> {
     janitor: &'a mut Janitor,
     /// v1 cgroupfs: the resources are applied during the restore.
     cgroup: Option<&'a mut LateCgroup>,
+    /// CRIU runs with the short slice (src/sched.rs): the restored tasks,
+    /// which inherited it, get the default back at "post-restore".
+    short_slice: bool,
 }
 
 /// Send the pty master to the console socket: one sendmsg, one fd.
@@ -96,6 +99,11 @@ impl Notify for RestoreNotify<'_> {
                     self.pid = Some(p);
                     // Until registered, a restored tree is half-restored.
                     self.janitor.arm(Action::Kill(Pid::from_raw(p)));
+                    // Every task is restored, none resumed: they get the
+                    // default slice back from CRIU's short one.
+                    if self.short_slice {
+                        crate::sched::default_slice_tree(p);
+                    }
                 }
                 NotifyOutcome::Ok
             }
@@ -292,11 +300,9 @@ impl LateCgroup {
             making: Some(std::thread::spawn(move || {
                 // Only on a CPU nothing else wants: CRIU restores
                 // meanwhile (the two vCPUs here still slow each other:
-                // docs/performance.md, "Session 15").
-                let idle = libc::sched_param { sched_priority: 0 };
-                // SAFETY: this thread's own policy; a plain C call.
-                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
-                super::cgroup_manager_at(cgroup_path, false, &id)
+                // docs/performance.md, "Session 15"). The thread leaves
+                // SCHED_IDLE before it ends (sched::idle_while says why).
+                crate::sched::idle_while(|| super::cgroup_manager_at(cgroup_path, false, &id))
             })),
             manager: None,
             resources: resources_of(spec),
@@ -636,6 +642,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             pid: None,
             janitor: &mut janitor,
             cgroup: late.as_mut(),
+            short_slice: ctx.short_slice(),
         };
         let sent = std::time::Instant::now();
         let resp = session.request(&req, &mut notify);

@@ -143,6 +143,9 @@ impl Notify for AcceptAll {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub criu: PathBuf,
+    /// Start CRIU with a short scheduler slice (src/sched.rs; config
+    /// `criu.short_slice`): the spawning thread takes it, CRIU inherits it.
+    pub short_slice: bool,
     /// Deadline of each request.
     pub timeout: Duration,
     /// Directory of CRIU's log files (its work dir); quoted in errors.
@@ -303,6 +306,9 @@ impl Session {
         // CRIU's end is inherited only across this spawn: close-on-exec
         // again at once, so no later child (the janitor) holds it and a
         // crashed CRIU reads as EOF.
+        if cfg.short_slice {
+            crate::sched::short_slice_for_criu();
+        }
         let _inherit = INHERIT.lock().unwrap_or_else(|e| e.into_inner());
         set_cloexec(child_fd, false).map_err(spawn_err)?;
         let spawned = cmd.spawn();

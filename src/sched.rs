@@ -1,0 +1,227 @@
+//! Scheduling of the runtime's helpers: CRIU's short slice, the cgroup
+//! manager's idle thread.
+//!
+//! CRIU's work is a long chain of short steps that wait on each other (our
+//! requests, its parasite, its helpers' fork/exec, the restored tasks): on
+//! a machine whose CPUs are all busy, each wake-up waited for a busy task's
+//! slice to end. Since Linux 6.12 (EEVDF) a fair task may ask for a shorter
+//! slice (`sched_setattr`, `sched_runtime`): the scheduler then lets its
+//! wake-ups preempt sooner, while its share of the CPU (its weight) stays
+//! what it was. CRIU is started with a 0.1 ms slice (the default here is
+//! 1.4 ms): with both vCPUs kept busy, restores took 79 → 49–56 ms and
+//! checkpoints 113 → 95–103 ms (docs/performance.md, "Session 16"); on an
+//! idle machine nothing changes. Configuration: `criu.short_slice`.
+//!
+//! The slice is inherited across fork and exec, and CRIU's restorer sets
+//! each task's policy and nice (sched_setscheduler) without touching it:
+//! the tasks CRIU restores get the default slice back from us at its
+//! "post-restore" notification ([`default_slice_tree`]), before any of them
+//! runs its own code again.
+
+use std::path::Path;
+
+/// The slice CRIU asks for: the shortest the kernel accepts is 0.1 ms.
+pub const CRIU_SLICE_NS: u64 = 100_000;
+
+/// `struct sched_attr` (include/uapi/linux/sched/types.h, SCHED_ATTR_SIZE_VER1).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct SchedAttr {
+    size: u32,
+    sched_policy: u32,
+    sched_flags: u64,
+    sched_nice: i32,
+    sched_priority: u32,
+    sched_runtime: u64,
+    sched_deadline: u64,
+    sched_period: u64,
+    sched_util_min: u32,
+    sched_util_max: u32,
+}
+
+const SCHED_OTHER: u32 = libc::SCHED_OTHER as u32;
+const SCHED_BATCH: u32 = libc::SCHED_BATCH as u32;
+const SCHED_IDLE: u32 = libc::SCHED_IDLE as u32;
+
+fn get_attr(tid: i32) -> std::io::Result<SchedAttr> {
+    let mut a = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: the kernel writes at most `size` bytes into `a`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            tid,
+            &mut a as *mut SchedAttr,
+            size,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(a)
+}
+
+fn set_attr(tid: i32, mut a: SchedAttr) -> std::io::Result<()> {
+    a.size = std::mem::size_of::<SchedAttr>() as u32;
+    // Utilisation clamps are kept by not asking to change them.
+    a.sched_flags &= !(libc::SCHED_FLAG_UTIL_CLAMP_MIN | libc::SCHED_FLAG_UTIL_CLAMP_MAX) as u64;
+    // SAFETY: `a` is a complete sched_attr of the size it says.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &a as *const SchedAttr, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn is_fair(policy: u32) -> bool {
+    matches!(policy, SCHED_OTHER | SCHED_BATCH | SCHED_IDLE)
+}
+
+/// Set thread `tid`'s slice (0: the default), its policy, nice and flags
+/// kept. Real-time and deadline threads have no slice: left alone.
+fn set_slice(tid: i32, slice_ns: u64) -> std::io::Result<()> {
+    let mut a = get_attr(tid)?;
+    if !is_fair(a.sched_policy) || a.sched_runtime == slice_ns {
+        return Ok(());
+    }
+    a.sched_runtime = slice_ns;
+    set_attr(tid, a)
+}
+
+/// Give the calling thread CRIU's short slice, which the CRIU it starts
+/// inherits. A kernel without custom slices (before 6.12) ignores the
+/// value for a fair task; any failure only costs the speed-up.
+pub fn short_slice_for_criu() {
+    if let Err(e) = set_slice(0, CRIU_SLICE_NS) {
+        tracing::debug!("CRIU keeps the default slice: {e}");
+    }
+}
+
+/// Every thread of the process tree rooted at `root` (its processes found
+/// through `/proc/PID/task/TID/children`) back to the default slice.
+/// Returns how many threads were looked at.
+pub fn default_slice_tree(root: i32) -> usize {
+    default_slice_tree_in(Path::new("/proc"), root)
+}
+
+fn default_slice_tree_in(proc: &Path, root: i32) -> usize {
+    let mut todo = vec![root];
+    let mut seen = 0;
+    while let Some(pid) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(proc.join(pid.to_string()).join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            seen += 1;
+            if let Err(e) = set_slice(tid, 0) {
+                tracing::debug!(tid, "cannot give the default slice back: {e}");
+            }
+            if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    seen
+}
+
+/// Run `f` on the calling thread under SCHED_IDLE (it then only takes a
+/// CPU nothing else wants), and give the thread its policy back before
+/// returning. A thread must not *end* under SCHED_IDLE: on a busy machine
+/// its exit (the kernel's release of its /proc entries) waited behind
+/// every other task, and whoever reaped the process — the runtime's
+/// caller — spun in wait4 until it was done (50–250 ms in 3 of 8 restores
+/// with both vCPUs busy; docs/performance.md, "Session 16").
+pub fn idle_while<T>(f: impl FnOnce() -> T) -> T {
+    let before = get_attr(0).ok();
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: this thread's own policy; a plain C call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+    let out = f();
+    match before {
+        Some(a) => {
+            if let Err(e) = set_attr(0, a) {
+                tracing::debug!("cannot leave SCHED_IDLE: {e}");
+            }
+        }
+        None => {
+            // SAFETY: as above.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &idle) };
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_and_slice() -> (u32, u64) {
+        let a = get_attr(0).unwrap();
+        (a.sched_policy, a.sched_runtime)
+    }
+
+    /// `se.slice` of a thread, from /proc (what the scheduler uses).
+    fn proc_slice(tid: i32) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/sched")).ok()?;
+        text.lines()
+            .find(|l| l.starts_with("se.slice"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn gettid() -> i32 {
+        // SAFETY: no arguments, no memory.
+        unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    }
+
+    #[test]
+    fn idle_while_gives_the_thread_its_policy_back() {
+        std::thread::spawn(|| {
+            let before = policy_and_slice();
+            let inside = idle_while(policy_and_slice);
+            assert_eq!(inside.0, SCHED_IDLE);
+            assert_eq!(policy_and_slice(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_short_slice_is_inherited_and_a_tree_gets_the_default_back() {
+        std::thread::spawn(|| {
+            let tid = gettid();
+            let default = proc_slice(tid);
+            short_slice_for_criu();
+            let Some(default) = default else {
+                // No se.slice in /proc/PID/sched: a kernel before EEVDF.
+                eprintln!("this kernel shows no se.slice: the slice is not checked");
+                return;
+            };
+            assert_eq!(proc_slice(tid), Some(CRIU_SLICE_NS));
+            // A child (as CRIU is) inherits it; the tree walk resets it.
+            let mut child = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            assert_eq!(proc_slice(pid), Some(CRIU_SLICE_NS));
+            assert_eq!(default_slice_tree(pid), 1);
+            assert_eq!(proc_slice(pid), Some(default));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+}
