@@ -316,6 +316,35 @@ def test_restored_container_has_its_bundles_resources(rt, tmp_path):
         rt.cleanup()
 
 
+def sched_slice(pid):
+    """A task's scheduler slice (se.slice in /proc/PID/sched), or None on a
+    kernel that shows none."""
+    for line in pathlib.Path(f"/proc/{pid}/sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    return None
+
+
+def test_restored_tasks_have_the_default_scheduler_slice(rt, tmp_path):
+    """Ours starts CRIU with a short scheduler slice (src/sched.rs), which
+    the tasks CRIU forks inherit and its restorer leaves: the restored
+    tasks must get the default back before they run. runc never changes
+    slices (the scenario checks the test)."""
+    default = sched_slice(os.getpid())
+    if default is None:
+        pytest.skip("this kernel shows no se.slice in /proc/PID/sched")
+    try:
+        img, b2 = checkpointed(rt, tmp_path)
+        n = read_count(b2)
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "slice-ok")
+        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
+        pid = rt.state("slice-ok")["pid"]
+        assert sched_slice(pid) == default, f"restored init {pid}: se.slice {sched_slice(pid)}, default {default}"
+        rt.run("delete", "--force", "slice-ok")
+    finally:
+        rt.cleanup()
+
+
 def test_restore_whose_resources_cannot_be_applied_leaves_nothing(rt, tmp_path):
     """A cpuset naming CPUs this machine lacks cannot be written: the
     restore fails, nothing runs or is registered, no CRIU is left and the
