@@ -13,6 +13,11 @@ to a copy first, e.g.
 Prints the medians of wall time, CRIU's own time (last timestamp of its log)
 and the overhead (wall − CRIU) of each build. Writes nothing.
 
+Each round also times spawning and reaping `/bin/true` after a 0.1 s pause,
+as the cycle spawns each command after a pause: the floor any command pays
+in this harness, included in every overhead above (printed with the
+overheads net of it).
+
 Either build may be runc (`hack/bench_ab.py RUNTIME $(command -v runc)`):
 the cycle uses only runc's flags.
 
@@ -29,9 +34,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench import cr_cycle, make_bundle  # noqa: E402
+from bench import cr_cycle, make_bundle, timed  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -58,10 +64,11 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="cntrlive-ab-"))
     builds = {"A": a.a, "B": a.b}
     res = {k: [] for k in builds}
+    floor = []
     try:
         bundle = make_bundle(work / "bundle")
         with busy_loops(a.busy):
-            rounds(a, builds, bundle, work, res)
+            rounds(a, builds, bundle, work, res, floor)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for k, binary in builds.items():
@@ -70,22 +77,29 @@ def main():
             wall = statistics.median(r[op] for r in res[k]) * 1e3
             criu = statistics.median(r[op + "_criu"] for r in res[k]) * 1e3
             over = statistics.median((r[op] - r[op + "_criu"]) for r in res[k]) * 1e3
-            line.append(f"{op} {wall:.1f} ms (CRIU {criu:.1f}, overhead {over:.1f})")
+            line.append(f"{op} {wall:.1f} ms (CRIU {criu:.1f}, overhead {over:.1f}; "
+                        f"{over - statistics.median(floor) * 1e3:.1f} net of the floor)")
         print(" ".join(line[:1]) + "\n  " + "\n  ".join(line[1:]))
+    print(f"floor (spawn and reap /bin/true after a pause): {statistics.median(floor) * 1e3:.2f} ms")
     for op in ("checkpoint", "restore"):
         ratio = statistics.median(r[op] for r in res["A"]) / statistics.median(r[op] for r in res["B"])
         print(f"{op}: A/B {ratio:.2f}")
     print(f"{a.rounds} rounds, interleaved" + (f", {a.busy} busy-loops running" if a.busy else ""))
 
 
-def rounds(a, builds, bundle, work, res):
-    """The interleaved rounds, the first one a warm-up; results into res."""
+def rounds(a, builds, bundle, work, res, floor):
+    """The interleaved rounds, the first one a warm-up; results into res,
+    the floor's samples into floor."""
     for i in range(a.rounds + 1):
         order = list(builds.items()) if i % 2 == 0 else list(reversed(builds.items()))
         for k, binary in order:
             r = cr_cycle(binary, str(work / f"root-{k}"), str(bundle), work, f"{k}{i}")
             if i >= 1:
                 res[k].append(r)
+        time.sleep(0.1)
+        t, _ = timed(["/bin/true"])
+        if i >= 1:
+            floor.append(t)
 
 
 if __name__ == "__main__":

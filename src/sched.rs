@@ -1,5 +1,4 @@
-//! Scheduling of the runtime's helpers: CRIU's short slice, the cgroup
-//! manager's idle thread.
+//! CRIU's scheduler slice.
 //!
 //! CRIU's work is a long chain of short steps that wait on each other (our
 //! requests, its parasite, its helpers' fork/exec, the restored tasks): on
@@ -8,9 +7,10 @@
 //! slice (`sched_setattr`, `sched_runtime`): the scheduler then lets its
 //! wake-ups preempt sooner, while its share of the CPU (its weight) stays
 //! what it was. CRIU is started with a 0.1 ms slice (the default here is
-//! 1.4 ms): with both vCPUs kept busy, restores took 79 → 49–56 ms and
-//! checkpoints 113 → 95–103 ms (docs/performance.md, "Session 16"); on an
-//! idle machine nothing changes. Configuration: `criu.short_slice`.
+//! 1.4 ms): with both vCPUs kept busy, a restore took 48 ms instead of 76
+//! and a checkpoint 91 instead of 106 (interleaved A/B, 30 rounds;
+//! docs/performance.md, "Session 16"); on an idle machine nothing changes.
+//! Configuration: `criu.short_slice`.
 //!
 //! The slice is inherited across fork and exec, and CRIU's restorer sets
 //! each task's policy and nice (sched_setscheduler) without touching it:
@@ -132,41 +132,9 @@ fn default_slice_tree_in(proc: &Path, root: i32) -> usize {
     seen
 }
 
-/// Run `f` on the calling thread under SCHED_IDLE (it then only takes a
-/// CPU nothing else wants), and give the thread its policy back before
-/// returning. A thread must not *end* under SCHED_IDLE: on a busy machine
-/// its exit (the kernel's release of its /proc entries) waited behind
-/// every other task, and whoever reaped the process — the runtime's
-/// caller — spun in wait4 until it was done (50–250 ms in 3 of 8 restores
-/// with both vCPUs busy; docs/performance.md, "Session 16").
-pub fn idle_while<T>(f: impl FnOnce() -> T) -> T {
-    let before = get_attr(0).ok();
-    let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: this thread's own policy; a plain C call.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
-    let out = f();
-    match before {
-        Some(a) => {
-            if let Err(e) = set_attr(0, a) {
-                tracing::debug!("cannot leave SCHED_IDLE: {e}");
-            }
-        }
-        None => {
-            // SAFETY: as above.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &idle) };
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy_and_slice() -> (u32, u64) {
-        let a = get_attr(0).unwrap();
-        (a.sched_policy, a.sched_runtime)
-    }
 
     /// `se.slice` of a thread, from /proc (what the scheduler uses).
     fn proc_slice(tid: i32) -> Option<u64> {
@@ -183,18 +151,6 @@ mod tests {
     fn gettid() -> i32 {
         // SAFETY: no arguments, no memory.
         unsafe { libc::syscall(libc::SYS_gettid) as i32 }
-    }
-
-    #[test]
-    fn idle_while_gives_the_thread_its_policy_back() {
-        std::thread::spawn(|| {
-            let before = policy_and_slice();
-            let inside = idle_while(policy_and_slice);
-            assert_eq!(inside.0, SCHED_IDLE);
-            assert_eq!(policy_and_slice(), before);
-        })
-        .join()
-        .unwrap();
     }
 
     #[test]

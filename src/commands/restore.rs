@@ -298,11 +298,13 @@ impl LateCgroup {
         );
         LateCgroup {
             making: Some(std::thread::spawn(move || {
-                // Only on a CPU nothing else wants: CRIU restores
-                // meanwhile (the two vCPUs here still slow each other:
-                // docs/performance.md, "Session 15"). The thread leaves
-                // SCHED_IDLE before it ends (sched::idle_while says why).
-                crate::sched::idle_while(|| super::cgroup_manager_at(cgroup_path, false, &id))
+                // At the normal policy. SCHED_IDLE (session 15) gained
+                // nothing measurable, idle or with every CPU busy, and a
+                // thread starved under it stalls whoever waits on it: its
+                // exit made the caller's wait4 spin 50–250 ms, and a
+                // kernel lock it held would stall CRIU (docs/performance.md,
+                // "Session 16").
+                super::cgroup_manager_at(cgroup_path, false, &id)
             })),
             manager: None,
             resources: resources_of(spec),
