@@ -123,6 +123,23 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
                     );
                 }
             }
+            let slice_what = "a 0.1 ms scheduler slice for CRIU (criu.short_slice)";
+            if !ctx.short_slice() {
+                line(true, slice_what, "off in the configuration");
+            } else if crate::sched::short_slice_supported() {
+                line(
+                    true,
+                    slice_what,
+                    "its wake-ups preempt busy tasks sooner; restored tasks get the default slice back",
+                );
+            } else {
+                // Optional: only the speed-up on a busy host is lost.
+                line(
+                    false,
+                    slice_what,
+                    "this kernel keeps the default slice (custom slices need Linux >= 6.12): CRIU is slower on a busy host, nothing else",
+                );
+            }
             if v < gates::INET_ON_NEW_KERNELS {
                 line(
                     false,
