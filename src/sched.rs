@@ -146,7 +146,12 @@ pub fn short_slice_supported() -> bool {
 
 /// `se.slice` of the calling thread, where the kernel shows it.
 fn thread_slice() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+    slice_in("/proc/thread-self/sched")
+}
+
+/// `se.slice` from a `/proc/…/sched` file (what the scheduler uses).
+fn slice_in(sched_file: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(sched_file).ok()?;
     text.lines()
         .find(|l| l.starts_with("se.slice"))?
         .split(':')
@@ -160,16 +165,8 @@ fn thread_slice() -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// `se.slice` of a thread, from /proc (what the scheduler uses).
     fn proc_slice(tid: i32) -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{tid}/sched")).ok()?;
-        text.lines()
-            .find(|l| l.starts_with("se.slice"))?
-            .split(':')
-            .nth(1)?
-            .trim()
-            .parse()
-            .ok()
+        slice_in(&format!("/proc/{tid}/sched"))
     }
 
     fn gettid() -> i32 {
