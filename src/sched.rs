@@ -90,11 +90,16 @@ fn set_slice(tid: i32, slice_ns: u64) -> std::io::Result<()> {
 }
 
 /// Give the calling thread CRIU's short slice, which the CRIU it starts
-/// inherits. A kernel without custom slices (before 6.12) ignores the
-/// value for a fair task; any failure only costs the speed-up.
-pub fn short_slice_for_criu() {
-    if let Err(e) = set_slice(0, CRIU_SLICE_NS) {
-        tracing::debug!("CRIU keeps the default slice: {e}");
+/// inherits; whether the thread has it now. A kernel without custom slices
+/// (before 6.12) ignores or refuses the value for a fair task: that only
+/// costs the speed-up.
+pub fn short_slice_for_criu() -> bool {
+    match set_slice(0, CRIU_SLICE_NS).and_then(|()| get_attr(0)) {
+        Ok(a) => a.sched_runtime == CRIU_SLICE_NS,
+        Err(e) => {
+            tracing::debug!("CRIU keeps the default slice: {e}");
+            false
+        }
     }
 }
 
@@ -136,9 +141,7 @@ fn default_slice_tree_in(proc: &Path, root: i32) -> usize {
 /// slices: Linux ≥ 6.12), tried on a scratch thread.
 pub fn short_slice_supported() -> bool {
     std::thread::spawn(|| {
-        set_slice(0, CRIU_SLICE_NS).is_ok()
-            && get_attr(0).is_ok_and(|a| a.sched_runtime == CRIU_SLICE_NS)
-            && thread_slice().is_none_or(|s| s == CRIU_SLICE_NS)
+        short_slice_for_criu() && thread_slice().is_none_or(|s| s == CRIU_SLICE_NS)
     })
     .join()
     .unwrap_or(false)
@@ -184,7 +187,7 @@ mod tests {
                 eprintln!("this kernel has no custom slices: the slice is not checked");
                 return;
             };
-            short_slice_for_criu();
+            assert!(short_slice_for_criu());
             assert_eq!(proc_slice(tid), Some(CRIU_SLICE_NS));
             // A child (as CRIU is) inherits it; the tree walk resets it.
             let mut child = std::process::Command::new("sleep")

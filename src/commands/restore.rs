@@ -43,8 +43,9 @@ struct RestoreNotify<'a> {
     janitor: &'a mut Janitor,
     /// v1 cgroupfs: the resources are applied during the restore.
     cgroup: Option<&'a mut LateCgroup>,
-    /// CRIU runs with the short slice (src/sched.rs): the restored tasks,
-    /// which inherited it, get the default back at "post-restore".
+    /// CRIU runs with the short slice (`Session::short_slice`): the
+    /// restored tasks, which inherited it, get the default back at
+    /// "post-restore".
     short_slice: bool,
 }
 
@@ -644,7 +645,7 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             pid: None,
             janitor: &mut janitor,
             cgroup: late.as_mut(),
-            short_slice: ctx.short_slice(),
+            short_slice: session.short_slice(),
         };
         let sent = std::time::Instant::now();
         let resp = session.request(&req, &mut notify);

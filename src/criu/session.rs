@@ -184,6 +184,9 @@ pub struct Session {
     pidfd: OwnedFd,
     sock: OwnedFd,
     cfg: SessionConfig,
+    /// CRIU was started with the short slice (asked for, and the kernel
+    /// gave it): the tasks it restores inherit it.
+    short_slice: bool,
     cancel: Option<&'static CancelToken>,
     reaped: bool,
     /// [`end`](Session::end) ran.
@@ -303,12 +306,11 @@ impl Session {
         // wrote afterwards fault once more. The child's signal mask is
         // emptied by std either way.
         cmd.process_group(0);
+        // The spawning thread's slice is CRIU's (src/sched.rs).
+        let short_slice = cfg.short_slice && crate::sched::short_slice_for_criu();
         // CRIU's end is inherited only across this spawn: close-on-exec
         // again at once, so no later child (the janitor) holds it and a
         // crashed CRIU reads as EOF.
-        if cfg.short_slice {
-            crate::sched::short_slice_for_criu();
-        }
         let _inherit = INHERIT.lock().unwrap_or_else(|e| e.into_inner());
         set_cloexec(child_fd, false).map_err(spawn_err)?;
         let spawned = cmd.spawn();
@@ -331,6 +333,7 @@ impl Session {
         };
         tracing::debug!(%pid, criu = %binary.display(), "criu swrk started");
         Ok(Session {
+            short_slice,
             binary,
             pid,
             pidfd,
@@ -345,6 +348,12 @@ impl Session {
 
     /// CRIU's process group (= its pid).
     /// The CRIU binary this session runs.
+    /// CRIU runs with the short slice (src/sched.rs), which the tasks it
+    /// restores inherit.
+    pub fn short_slice(&self) -> bool {
+        self.short_slice
+    }
+
     pub fn binary(&self) -> &Path {
         &self.binary
     }
