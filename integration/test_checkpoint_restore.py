@@ -349,6 +349,41 @@ def test_restored_tasks_have_the_default_scheduler_slice(rt, tmp_path):
         rt.cleanup()
 
 
+def nice_of(pid):
+    """A task's nice (field 19 of /proc/PID/stat)."""
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_restored_tasks_get_their_own_nice_back(rt, tmp_path):
+    """Ours runs CRIU at nice -10 (src/sched.rs, config criu.nice), which
+    the tasks CRIU forks inherit: CRIU's restorer must give each its own
+    nice from the images. The container's init runs at nice 3 here, so a
+    restored task left at CRIU's nice, or at the caller's 0, shows. runc
+    never changes nice (the scenario checks the test)."""
+    try:
+        b = make_bundle(tmp_path / "b")
+        start_piped(rt, b)
+        init = rt.state("c1")["pid"]
+        os.setpriority(os.PRIO_PROCESS, init, 3)
+        img = tmp_path / "img"
+        rt.run("checkpoint", "--image-path", img, "c1")
+        b2 = clone_bundle(b, tmp_path / "b2")
+        n = read_count(b2)
+        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "nice-ok")
+        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
+        pid = rt.state("nice-ok")["pid"]
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        assert {t: nice_of(t) for t in tids} == {t: 3 for t in tids}, "restored init's threads"
+        rt.run("delete", "--force", "nice-ok")
+        if rt.name == "cntrlive" and os.getpriority(os.PRIO_PROCESS, 0) == 0:
+            # The tests run as root at nice 0: CRIU gets its nice.
+            out = rt.run("check", check=False).stdout
+            assert "[ok]   CRIU at nice -10 while the container is down (criu.nice)" in out, out
+    finally:
+        rt.cleanup()
+
+
 def test_restore_whose_resources_cannot_be_applied_leaves_nothing(rt, tmp_path):
     """A cpuset naming CPUs this machine lacks cannot be written: the
     restore fails, nothing runs or is registered, no CRIU is left and the

@@ -33,6 +33,11 @@
 //!   slice (Linux ≥ 6.12), so its wake-ups preempt busy tasks sooner; its
 //!   CPU share is unchanged, and restored tasks get the default slice back
 //!   before they run (src/sched.rs). false leaves CRIU the caller's slice.
+//! - `criu.nice` (default -10): CRIU, and the runtime's thread that starts
+//!   it, run at this nice while the container is down (frozen or not yet
+//!   resumed), if the caller runs at the default nice 0; restored tasks
+//!   get their own nice back from the images (src/sched.rs). 0 leaves CRIU
+//!   the caller's nice; -20 … 19.
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +64,12 @@ pub struct CriuConfig {
     pub lean: PathBuf,
     #[serde(default = "yes")]
     pub short_slice: bool,
+    #[serde(default = "default_nice")]
+    pub nice: i32,
+}
+
+fn default_nice() -> i32 {
+    crate::sched::CRIU_NICE
 }
 
 fn yes() -> bool {
@@ -78,6 +89,7 @@ impl Default for CriuConfig {
             kdat_cache: true,
             lean: default_lean(),
             short_slice: true,
+            nice: default_nice(),
         }
     }
 }
@@ -109,12 +121,20 @@ impl Config {
                     .with_context(|| format!("cannot read the configuration {}", path.display()))
             }
         };
-        serde_json::from_slice(&text).with_context(|| {
+        let c: Config = serde_json::from_slice(&text).with_context(|| {
             format!(
-                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.lean, criu.short_slice)",
+                "invalid configuration {} (keys: checkpoint.pre_dump_on_leave_running, checkpoint.auto_parent, criu.kdat_cache, criu.lean, criu.short_slice, criu.nice)",
                 path.display()
             )
-        })
+        })?;
+        if !(-20..=19).contains(&c.criu.nice) {
+            anyhow::bail!(
+                "invalid configuration {}: criu.nice is {}, a nice is between -20 and 19 (0 leaves CRIU the caller's)",
+                path.display(),
+                c.criu.nice
+            );
+        }
+        Ok(c)
     }
 }
 
@@ -144,6 +164,15 @@ mod tests {
         assert_eq!(c.criu.lean, Path::new(DEFAULT_CRIU_LEAN));
         let c = load(br#"{"criu":{"lean":""}}"#).unwrap();
         assert!(c.criu.lean.as_os_str().is_empty() && c.criu.kdat_cache);
+    }
+
+    #[test]
+    fn criu_nice_defaults_to_minus_ten_and_is_checked_ng() {
+        assert_eq!(load(b"{}").unwrap().criu.nice, -10);
+        assert_eq!(load(br#"{"criu":{"nice":0}}"#).unwrap().criu.nice, 0);
+        let e = load(br#"{"criu":{"nice":-21}}"#).unwrap_err();
+        assert!(format!("{e:#}").contains("between -20 and 19"), "{e:#}");
+        assert!(load(br#"{"criu":{"nice":"high"}}"#).is_err());
     }
 
     #[test]

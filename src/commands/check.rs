@@ -30,6 +30,7 @@ fn probe_config(criu: &std::path::Path, timeout: std::time::Duration) -> Session
         criu: criu.to_path_buf(),
         criu_lean: None,
         short_slice: false,
+        nice: 0,
         timeout,
         work_dir: None,
         inherit_stdio: false,
@@ -45,8 +46,15 @@ fn session_probe(cfg: SessionConfig) -> Result<(u32, Features)> {
     Ok((v, f))
 }
 
+/// One line of the report. A reader that stops early (`check | head`)
+/// ends the report, not the process with a panic.
+fn out(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
 fn line(ok: bool, what: &str, why: &str) -> bool {
-    println!(
+    out(format_args!(
         "{} {what}{}",
         if ok { "[ok]  " } else { "[no]  " },
         if why.is_empty() {
@@ -54,21 +62,25 @@ fn line(ok: bool, what: &str, why: &str) -> bool {
         } else {
             format!(": {why}")
         }
-    );
+    ));
     ok
 }
 
 pub fn check(ctx: &Ctx) -> Result<i32> {
     let host = gates::host_facts();
-    println!(
+    out(format_args!(
         "cntrlive-runtime {} on kernel {}, cgroup {}",
         env!("CARGO_PKG_VERSION"),
         nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         host.cgroup
-    );
+    ));
     let mut all = true;
+    // Every checkpoint and restore reads it: refused, they all fail.
+    if let Err(e) = ctx.config() {
+        all &= line(false, "configuration", &format!("{e:#}"));
+    }
     let (kdat, probed) = probe_and_kdat(ctx);
     match probed {
         Ok((v, f)) => {
@@ -138,6 +150,28 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
                     false,
                     slice_what,
                     "this kernel keeps the default slice (custom slices need Linux >= 6.12): CRIU is slower on a busy host, nothing else",
+                );
+            }
+            let nice = ctx.criu_nice();
+            let nice_what = format!("CRIU at nice {nice} while the container is down (criu.nice)");
+            if nice == 0 {
+                line(
+                    true,
+                    &nice_what,
+                    "off in the configuration: CRIU runs at the caller's nice",
+                );
+            } else if crate::sched::nice_granted(nice) {
+                line(
+                    true,
+                    &nice_what,
+                    "a larger CPU share on a busy host; restored tasks get their own nice back",
+                );
+            } else {
+                // Optional: only the speed-up on a busy host is lost.
+                line(
+                    false,
+                    &nice_what,
+                    "not granted (raising priority needs CAP_SYS_NICE; a caller's own nice is kept): CRIU is slower on a busy host, nothing else",
                 );
             }
             if v < gates::INET_ON_NEW_KERNELS {

@@ -73,6 +73,13 @@ impl Ctx {
         self.config().map(|c| c.criu.short_slice).unwrap_or(true)
     }
 
+    /// The nice CRIU runs at (config `criu.nice`, src/sched.rs).
+    pub fn criu_nice(&self) -> i32 {
+        self.config()
+            .map(|c| c.criu.nice)
+            .unwrap_or(crate::sched::CRIU_NICE)
+    }
+
     /// The global flags a child of ours must get to act on the same host.
     pub fn child_args(&self) -> Vec<std::ffi::OsString> {
         let g = &self.global;
@@ -175,6 +182,7 @@ pub fn spawn_criu_in(
         criu: ctx.global.criu().to_path_buf(),
         criu_lean: ctx.criu_lean(),
         short_slice: ctx.short_slice(),
+        nice: ctx.criu_nice(),
         timeout: checkpoint::criu_timeout(ctx)?,
         work_dir: Some(work_dir.to_path_buf()),
         inherit_stdio,

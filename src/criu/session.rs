@@ -146,6 +146,9 @@ pub struct SessionConfig {
     /// Start CRIU with a short scheduler slice (src/sched.rs; config
     /// `criu.short_slice`): the spawning thread takes it, CRIU inherits it.
     pub short_slice: bool,
+    /// The nice CRIU runs at (src/sched.rs; config `criu.nice`, 0: the
+    /// caller's): the spawning thread takes it, CRIU inherits it.
+    pub nice: i32,
     /// Deadline of each request.
     pub timeout: Duration,
     /// Directory of CRIU's log files (its work dir); quoted in errors.
@@ -308,6 +311,7 @@ impl Session {
         cmd.process_group(0);
         // The spawning thread's slice is CRIU's (src/sched.rs).
         let short_slice = cfg.short_slice && crate::sched::short_slice_for_criu();
+        let nice = crate::sched::nice_for_criu(cfg.nice);
         // CRIU's end is inherited only across this spawn: close-on-exec
         // again at once, so no later child (the janitor) holds it and a
         // crashed CRIU reads as EOF.
@@ -331,7 +335,7 @@ impl Session {
                 return Err(spawn_err(e));
             }
         };
-        tracing::debug!(%pid, criu = %binary.display(), "criu swrk started");
+        tracing::debug!(%pid, criu = %binary.display(), short_slice, ?nice, "criu swrk started");
         Ok(Session {
             short_slice,
             binary,
