@@ -349,6 +349,30 @@ def test_restored_tasks_have_the_default_scheduler_slice(rt, tmp_path):
         rt.cleanup()
 
 
+def test_restored_container_has_its_own_cpu_shares(rt, tmp_path):
+    """While CRIU restores inside the new container's v1 cpu cgroup, ours
+    gives that cgroup CRIU's weight (cpu.shares 9548, the weight of nice
+    -10; src/commands/restore.rs SharesBoost), and gives it back at
+    "post-restore": config.json's cpu.shares, else the default 1024.
+    Restored twice from one checkpoint: without shares, then with 512.
+    runc never changes them (the scenario checks the test)."""
+    if not v1_host():
+        pytest.skip("reads the cgroup v1 files (this host's layout)")
+    try:
+        img, b2 = checkpointed(rt, tmp_path)
+        for shares, cid in ((None, "shares-default"), (512, "shares-512")):
+            if shares:
+                set_resources(b2, {"cpu": {"shares": shares}})
+            n = read_count(b2)
+            rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, cid)
+            wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
+            pid = rt.state(cid)["pid"]
+            assert v1_file(pid, "cpu", "cpu.shares") == str(shares or 1024), cid
+            rt.run("delete", "--force", cid)
+    finally:
+        rt.cleanup()
+
+
 def nice_of(pid):
     """A task's nice (field 19 of /proc/PID/stat)."""
     stat = pathlib.Path(f"/proc/{pid}/stat").read_text()

@@ -154,6 +154,18 @@ pub fn nice_for_criu(nice: i32) -> Option<i32> {
         .filter(|n| *n == nice)
 }
 
+/// The scheduler's weight of a nice value (kernel/sched/core.c,
+/// `sched_prio_to_weight`): nice 0 is 1024, each step ~1.25×. A v1 cgroup's
+/// `cpu.shares` is the same weight for its group (default 1024).
+pub fn weight_of_nice(nice: i32) -> u64 {
+    const WEIGHTS: [u64; 40] = [
+        88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916, 9548, 7620, 6100,
+        4904, 3906, 3121, 2501, 1991, 1586, 1277, 1024, 820, 655, 526, 423, 335, 272, 215, 172,
+        137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15,
+    ];
+    WEIGHTS[(nice.clamp(-20, 19) + 20) as usize]
+}
+
 /// Every thread of the process tree rooted at `root` (its processes found
 /// through `/proc/PID/task/TID/children`) back to the default slice.
 /// Returns how many threads were looked at.
@@ -239,6 +251,15 @@ mod tests {
 
     fn thread_nice() -> i32 {
         get_attr(0).unwrap().sched_nice
+    }
+
+    #[test]
+    fn weights_of_nice_are_the_kernels() {
+        assert_eq!(weight_of_nice(0), 1024);
+        assert_eq!(weight_of_nice(CRIU_NICE), 9548);
+        assert_eq!(weight_of_nice(-20), 88761);
+        assert_eq!(weight_of_nice(19), 15);
+        assert_eq!(weight_of_nice(-99), 88761);
     }
 
     #[test]

@@ -136,10 +136,15 @@ pub fn create_v1_cgroup_dirs(cgroup_path: &Path) -> Option<std::io::Result<V1Cgr
     let mounts = managed_v1_mounts()?;
     let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
     let dirs: Vec<PathBuf> = mounts.iter().map(|(m, _)| m.join(rel)).collect();
+    let fresh: Vec<bool> = dirs.iter().map(|d| !d.exists()).collect();
     Some(
         dirs.iter()
             .try_for_each(|d| create_cgroup_dir(d))
-            .map(|()| V1Cgroup { mounts, dirs }),
+            .map(|()| V1Cgroup {
+                mounts,
+                dirs,
+                fresh,
+            }),
     )
 }
 
@@ -148,6 +153,22 @@ pub struct V1Cgroup {
     /// (mount point, controllers) of each hierarchy, as `dirs`.
     mounts: Vec<(PathBuf, Vec<String>)>,
     pub dirs: Vec<PathBuf>,
+    /// Which of `dirs` this call made (the others existed).
+    fresh: Vec<bool>,
+}
+
+impl V1Cgroup {
+    /// The `cpu.shares` file of the cpu controller's directory, if this
+    /// call made that directory (nobody else has set it).
+    pub fn fresh_cpu_shares(&self) -> Option<PathBuf> {
+        self.mounts
+            .iter()
+            .zip(&self.dirs)
+            .zip(&self.fresh)
+            .find(|(((_, ctrls), _), _)| ctrls.iter().any(|c| c == "cpu"))
+            .filter(|(_, fresh)| **fresh)
+            .map(|((_, d), _)| d.join("cpu.shares"))
+    }
 }
 
 fn create_cgroup_dir(dir: &Path) -> std::io::Result<()> {

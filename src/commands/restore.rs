@@ -29,6 +29,7 @@ use crate::bundle::Bundle;
 use crate::checkpoint::images::{self, Manifest, SpecFacts, INVENTORY};
 use crate::checkpoint::options::RestoreOptions;
 use crate::checkpoint::request::{restore_request, RestoreFacts};
+use crate::checkpoint::spec::V1Cgroup;
 use crate::cli::RestoreArgs;
 use crate::criu::cancel;
 use crate::criu::gates;
@@ -265,6 +266,49 @@ fn resources_of(spec: &oci_spec::runtime::Spec) -> LinuxResources {
 
 type MakingManager = std::thread::JoinHandle<Result<AnyCgroupManager, CreateCgroupSetupError>>;
 
+/// The container's v1 `cpu.shares` at CRIU's weight while CRIU restores
+/// inside the cgroup (src/sched.rs: CRIU runs at nice −10 while the
+/// container is down; in the container's cpu cgroup its nice counts only
+/// against the cgroup's own tasks, the cgroup's shares against everything
+/// else). Given back — config.json's `cpu.shares`, else what the fresh
+/// cgroup had — at "post-restore": every task restored, none resumed.
+/// Only for a cgroup directory this restore made; a failed restore
+/// removes it.
+struct SharesBoost {
+    file: PathBuf,
+    back: u64,
+}
+
+impl SharesBoost {
+    fn start(cgroup: &V1Cgroup, nice: i32, spec_shares: Option<u64>) -> Option<SharesBoost> {
+        if nice == 0 {
+            return None;
+        }
+        let file = cgroup.fresh_cpu_shares()?;
+        let had: u64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+        let weight = crate::sched::weight_of_nice(nice);
+        if let Err(e) = std::fs::write(&file, weight.to_string()) {
+            tracing::debug!("the cgroup keeps its cpu.shares while CRIU restores: {e}");
+            return None;
+        }
+        tracing::debug!(file = %file.display(), weight, "CRIU's weight while it restores");
+        Some(SharesBoost {
+            file,
+            back: spec_shares.unwrap_or(had),
+        })
+    }
+
+    fn end(self) -> Result<()> {
+        std::fs::write(&self.file, self.back.to_string()).with_context(|| {
+            format!(
+                "cannot give the container its cpu.shares back ({} ← {})",
+                self.file.display(),
+                self.back
+            )
+        })
+    }
+}
+
 /// The cgroup manager of a restore that started CRIU inside the
 /// container's v1 cgroups (`spec::ThreadInCgroups`; nothing needs the
 /// manager before CRIU restores then): built on a thread while CRIU
@@ -288,10 +332,17 @@ struct LateCgroup {
     /// The notification to apply at.
     at: &'static str,
     applied: bool,
+    /// Ended at "post-restore".
+    boost: Option<SharesBoost>,
 }
 
 impl LateCgroup {
-    fn start(cgroup_path: PathBuf, id: &str, spec: &oci_spec::runtime::Spec) -> LateCgroup {
+    fn start(
+        cgroup_path: PathBuf,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        boost: Option<SharesBoost>,
+    ) -> LateCgroup {
         let id = id.to_string();
         let has_mount_ns = crate::checkpoint::spec::has_namespace(
             spec,
@@ -315,6 +366,7 @@ impl LateCgroup {
                 "pre-restore"
             },
             applied: false,
+            boost,
         }
     }
 
@@ -348,6 +400,11 @@ impl LateCgroup {
     fn notified(&mut self, script: &str) -> Result<()> {
         if script == self.at || script == "post-restore" {
             self.apply()?;
+        }
+        if script == "post-restore" {
+            if let Some(b) = self.boost.take() {
+                b.end()?;
+            }
         }
         Ok(())
     }
@@ -486,6 +543,13 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let cgroup_dirs = cgroup_dirs
             .transpose()
             .context("failed to create the container's cgroup")?;
+        // CRIU's weight for the cgroup CRIU restores in, where this thread
+        // (and so CRIU) may take CRIU's nice (src/sched.rs).
+        let mut boost = cgroup_dirs.as_ref().and_then(|cg| {
+            let nice = crate::sched::nice_for_criu(ctx.criu_nice())?;
+            let spec_shares = resources_of(spec).cpu().as_ref().and_then(|c| c.shares());
+            SharesBoost::start(cg, nice, spec_shares)
+        });
         tracing::debug!(phase = "cgroup dirs", "restore");
         // CRIU inherits the namespace's fd: it must exist before CRIU
         // starts. Joined only now: the kernel makes it (~0.9 ms here) while
@@ -506,6 +570,11 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             cgroup_dirs.as_ref(),
         )?;
         super::arm_janitor(&mut janitor, &session, &o.work_path);
+        if !criu_in_cgroup {
+            if let Some(b) = boost.take() {
+                b.end()?;
+            }
+        }
         tracing::debug!(phase = "CRIU and the janitor started", "restore");
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
@@ -638,8 +707,8 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             None => None,
         };
         tracing::debug!(phase = "lazy-pages daemon listening", "restore");
-        let mut late =
-            criu_in_cgroup.then(|| LateCgroup::start(youki.cgroup_path.clone(), &id, spec));
+        let mut late = criu_in_cgroup
+            .then(|| LateCgroup::start(youki.cgroup_path.clone(), &id, spec, boost.take()));
         let mut notify = RestoreNotify {
             console_socket: args.launch.console_socket.as_deref(),
             pid: None,
