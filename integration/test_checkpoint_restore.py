@@ -201,15 +201,8 @@ def test_restored_tree_lands_in_the_new_containers_cgroups(rt, tmp_path):
     tree inherit it: CRIU's log shows no task moved ("Move into")."""
     before = cgroup_dirs()
     try:
-        b = make_bundle(tmp_path / "b")
-        start_piped(rt, b, "cg-src")
-        img = tmp_path / "img"
-        rt.run("checkpoint", "--image-path", img, "cg-src")
-        b2 = clone_bundle(b, tmp_path / "b2")
-        n = read_count(b2)
-        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "cg-dst")
-        wait_for(lambda: read_count(b2) > n + 3, what="the restored counter to go on")
-        pid = rt.state("cg-dst")["pid"]
+        img, b2 = checkpointed(rt, tmp_path, "cg-src")
+        pid = restored(rt, img, b2, "cg-dst", more=3)
         cg = v1_cgroups(pid)
         # runc's paths are relative to its caller's cgroup, which differs
         # between hierarchies here (memory): the leaf is the container's.
@@ -301,10 +294,7 @@ def test_restored_container_has_its_bundles_resources(rt, tmp_path):
     try:
         img, b2 = checkpointed(rt, tmp_path)
         set_resources(b2, {"pids": {"limit": 77}, "memory": {"limit": 256 << 20}})
-        n = read_count(b2)
-        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "res-ok")
-        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
-        pid = rt.state("res-ok")["pid"]
+        pid = restored(rt, img, b2, "res-ok")
         assert v1_file(pid, "pids", "pids.max") == "77"
         assert int(v1_file(pid, "memory", "memory.limit_in_bytes")) == 256 << 20
         devices = v1_file(pid, "devices", "devices.list").splitlines()
@@ -335,10 +325,7 @@ def test_restored_tasks_have_the_default_scheduler_slice(rt, tmp_path):
         pytest.skip("this kernel shows no se.slice in /proc/PID/sched")
     try:
         img, b2 = checkpointed(rt, tmp_path)
-        n = read_count(b2)
-        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "slice-ok")
-        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
-        pid = rt.state("slice-ok")["pid"]
+        pid = restored(rt, img, b2, "slice-ok")
         assert sched_slice(pid) == default, f"restored init {pid}: se.slice {sched_slice(pid)}, default {default}"
         rt.run("delete", "--force", "slice-ok")
         if rt.name == "cntrlive" and tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2]) >= (6, 12):
@@ -363,10 +350,7 @@ def test_restored_container_has_its_own_cpu_shares(rt, tmp_path):
         for shares, cid in ((None, "shares-default"), (512, "shares-512")):
             if shares:
                 set_resources(b2, {"cpu": {"shares": shares}})
-            n = read_count(b2)
-            rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, cid)
-            wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
-            pid = rt.state(cid)["pid"]
+            pid = restored(rt, img, b2, cid)
             assert v1_file(pid, "cpu", "cpu.shares") == str(shares or 1024), cid
             rt.run("delete", "--force", cid)
     finally:
@@ -386,17 +370,8 @@ def test_restored_tasks_get_their_own_nice_back(rt, tmp_path):
     restored task left at CRIU's nice, or at the caller's 0, shows. runc
     never changes nice (the scenario checks the test)."""
     try:
-        b = make_bundle(tmp_path / "b")
-        start_piped(rt, b)
-        init = rt.state("c1")["pid"]
-        os.setpriority(os.PRIO_PROCESS, init, 3)
-        img = tmp_path / "img"
-        rt.run("checkpoint", "--image-path", img, "c1")
-        b2 = clone_bundle(b, tmp_path / "b2")
-        n = read_count(b2)
-        rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, "nice-ok")
-        wait_for(lambda: read_count(b2) > n + 2, what="the restored counter to go on")
-        pid = rt.state("nice-ok")["pid"]
+        img, b2 = checkpointed(rt, tmp_path, before_dump=lambda init: os.setpriority(os.PRIO_PROCESS, init, 3))
+        pid = restored(rt, img, b2, "nice-ok")
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         assert {t: nice_of(t) for t in tids} == {t: 3 for t in tids}, "restored init's threads"
         rt.run("delete", "--force", "nice-ok")
@@ -460,13 +435,25 @@ def test_restore_into_an_id_in_use(rt, tmp_path):
     assert rt.list_ids() == ["c1"] and rt.state("c1")["status"] == "running"
 
 
-def checkpointed(rt, tmp_path):
-    """A checkpoint of a counting container, and a copy of its bundle."""
+def checkpointed(rt, tmp_path, cid="c1", before_dump=None):
+    """A checkpoint of a counting container, and a copy of its bundle.
+    `before_dump(pid)`, if given, is called with the running init's pid."""
     b = make_bundle(tmp_path / "b")
-    start_piped(rt, b)
+    start_piped(rt, b, cid)
+    if before_dump:
+        before_dump(rt.state(cid)["pid"])
     img = tmp_path / "img"
-    rt.run("checkpoint", "--image-path", img, "c1")
+    rt.run("checkpoint", "--image-path", img, cid)
     return img, clone_bundle(b, tmp_path / "b2")
+
+
+def restored(rt, img, b2, cid, more=2):
+    """Restore `img` with bundle `b2` as `cid`, detached; once the counter
+    has gone on by more than `more`, the restored init's pid."""
+    n = read_count(b2)
+    rt.run_piped("restore", "-d", "--image-path", img, "--bundle", b2, cid)
+    wait_for(lambda: read_count(b2) > n + more, what="the restored counter to go on")
+    return rt.state(cid)["pid"]
 
 
 def assert_refused(rt, p, b2, n, why):
