@@ -120,6 +120,21 @@ pub fn short_slice_for_criu() -> bool {
 /// The nice CRIU runs at unless configured otherwise (`criu.nice`).
 pub const CRIU_NICE: i32 = -10;
 
+thread_local! {
+    /// [`nice_for_criu`] changed this thread's nice (from the default 0).
+    static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The calling thread back at the default nice 0, if [`nice_for_criu`]
+/// changed it (an attached restore, once the container runs, waits for it
+/// at the caller's nice).
+pub fn nice_back() {
+    if RAISED.with(|r| r.replace(false)) {
+        // SAFETY: no memory is passed.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+    }
+}
+
 /// Give the calling thread (and so the CRIU it starts) the nice `nice`,
 /// if the thread runs at the default nice 0 under a fair policy: a caller
 /// that chose a nice keeps it, real-time threads are left alone, 0 asks
@@ -148,6 +163,7 @@ pub fn nice_for_criu(nice: i32) -> Option<i32> {
         );
         return None;
     }
+    RAISED.with(|r| r.set(true));
     get_attr(0)
         .ok()
         .map(|a| a.sched_nice)
@@ -290,6 +306,8 @@ mod tests {
             let _ = child.kill();
             let _ = child.wait();
             assert_eq!(nice, CRIU_NICE);
+            nice_back();
+            assert_eq!(thread_nice(), 0);
         })
         .join()
         .unwrap();
@@ -299,6 +317,8 @@ mod tests {
             assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
             assert_eq!(nice_for_criu(CRIU_NICE), None);
             assert_eq!(thread_nice(), 3);
+            nice_back();
+            assert_eq!(thread_nice(), 3, "not ours to give back");
         })
         .join()
         .unwrap();

@@ -547,7 +547,12 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         // (and so CRIU) may take CRIU's nice (src/sched.rs).
         let mut boost = cgroup_dirs.as_ref().and_then(|cg| {
             let nice = crate::sched::nice_for_criu(ctx.criu_nice())?;
-            let spec_shares = resources_of(spec).cpu().as_ref().and_then(|c| c.shares());
+            // 0 is "unset" to libcgroups (the kernel's minimum is 2).
+            let spec_shares = resources_of(spec)
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.shares())
+                .filter(|s| *s > 0);
             SharesBoost::start(cg, nice, spec_shares)
         });
         tracing::debug!(phase = "cgroup dirs", "restore");
@@ -814,7 +819,9 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         return Ok(0);
     }
     // Attached: wait for the restored init (our child through rst_sibling);
-    // from here other commands may act on the container.
+    // from here other commands may act on the container. The container is
+    // up: this thread waits at the caller's nice again.
+    crate::sched::nice_back();
     crate::lock::release();
     if !o.no_subreaper {
         foreground::become_subreaper()?;
