@@ -66,6 +66,23 @@ fn line(ok: bool, what: &str, why: &str) -> bool {
     ok
 }
 
+/// A line for one of CRIU's speed-ups on a busy host: off in the
+/// configuration, in force, or not granted here. Optional: without it only
+/// the speed-up is lost, so it never fails `check`.
+fn speedup_line(what: &str, on: bool, granted: impl FnOnce() -> bool, ok: &str, no: &str) {
+    if !on {
+        line(true, what, "off in the configuration");
+    } else if granted() {
+        line(true, what, ok);
+    } else {
+        line(
+            false,
+            what,
+            &format!("{no}: CRIU is slower on a busy host, nothing else"),
+        );
+    }
+}
+
 pub fn check(ctx: &Ctx) -> Result<i32> {
     let host = gates::host_facts();
     out(format_args!(
@@ -135,45 +152,21 @@ pub fn check(ctx: &Ctx) -> Result<i32> {
                     );
                 }
             }
-            let slice_what = "a 0.1 ms scheduler slice for CRIU (criu.short_slice)";
-            if !ctx.short_slice() {
-                line(true, slice_what, "off in the configuration");
-            } else if crate::sched::short_slice_supported() {
-                line(
-                    true,
-                    slice_what,
-                    "its wake-ups preempt busy tasks sooner; restored tasks get the default slice back",
-                );
-            } else {
-                // Optional: only the speed-up on a busy host is lost.
-                line(
-                    false,
-                    slice_what,
-                    "this kernel keeps the default slice (custom slices need Linux >= 6.12): CRIU is slower on a busy host, nothing else",
-                );
-            }
+            speedup_line(
+                "a 0.1 ms scheduler slice for CRIU (criu.short_slice)",
+                ctx.short_slice(),
+                crate::sched::short_slice_supported,
+                "its wake-ups preempt busy tasks sooner; restored tasks get the default slice back",
+                "this kernel keeps the default slice (custom slices need Linux >= 6.12)",
+            );
             let nice = ctx.criu_nice();
-            let nice_what = format!("CRIU at nice {nice} while the container is down (criu.nice)");
-            if nice == 0 {
-                line(
-                    true,
-                    &nice_what,
-                    "off in the configuration: CRIU runs at the caller's nice",
-                );
-            } else if crate::sched::nice_granted(nice) {
-                line(
-                    true,
-                    &nice_what,
-                    "a larger CPU share on a busy host; restored tasks get their own nice back",
-                );
-            } else {
-                // Optional: only the speed-up on a busy host is lost.
-                line(
-                    false,
-                    &nice_what,
-                    "not granted (raising priority needs CAP_SYS_NICE; a caller's own nice is kept): CRIU is slower on a busy host, nothing else",
-                );
-            }
+            speedup_line(
+                &format!("CRIU at nice {nice} while the container is down (criu.nice)"),
+                nice != 0,
+                || crate::sched::nice_granted(nice),
+                "a larger CPU share on a busy host; restored tasks get their own nice back",
+                "not granted (raising priority needs CAP_SYS_NICE; a caller's own nice is kept)",
+            );
             if v < gates::INET_ON_NEW_KERNELS {
                 line(
                     false,

@@ -280,11 +280,15 @@ struct SharesBoost {
 }
 
 impl SharesBoost {
-    fn start(cgroup: &V1Cgroup, nice: i32, spec_shares: Option<u64>) -> Option<SharesBoost> {
-        if nice == 0 {
-            return None;
-        }
+    /// `nice`: the one CRIU got (`Session::nice`); `resources`: config.json's.
+    fn start(cgroup: &V1Cgroup, nice: i32, resources: &LinuxResources) -> Option<SharesBoost> {
         let file = cgroup.fresh_cpu_shares()?;
+        // 0 is "unset" to libcgroups (the kernel's minimum is 2).
+        let spec_shares = resources
+            .cpu()
+            .as_ref()
+            .and_then(|c| c.shares())
+            .filter(|s| *s > 0);
         let had: u64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
         let weight = crate::sched::weight_of_nice(nice);
         if let Err(e) = std::fs::write(&file, weight.to_string()) {
@@ -543,18 +547,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
         let cgroup_dirs = cgroup_dirs
             .transpose()
             .context("failed to create the container's cgroup")?;
-        // CRIU's weight for the cgroup CRIU restores in, where this thread
-        // (and so CRIU) may take CRIU's nice (src/sched.rs).
-        let mut boost = cgroup_dirs.as_ref().and_then(|cg| {
-            let nice = crate::sched::nice_for_criu(ctx.criu_nice())?;
-            // 0 is "unset" to libcgroups (the kernel's minimum is 2).
-            let spec_shares = resources_of(spec)
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.shares())
-                .filter(|s| *s > 0);
-            SharesBoost::start(cg, nice, spec_shares)
-        });
         tracing::debug!(phase = "cgroup dirs", "restore");
         // CRIU inherits the namespace's fd: it must exist before CRIU
         // starts. Joined only now: the kernel makes it (~0.9 ms here) while
@@ -575,11 +567,6 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             cgroup_dirs.as_ref(),
         )?;
         super::arm_janitor(&mut janitor, &session, &o.work_path);
-        if !criu_in_cgroup {
-            if let Some(b) = boost.take() {
-                b.end()?;
-            }
-        }
         tracing::debug!(phase = "CRIU and the janitor started", "restore");
         std::fs::create_dir(&container_dir)
             .with_context(|| format!("failed to create {}", container_dir.display()))?;
@@ -712,8 +699,12 @@ pub fn restore(args: RestoreArgs, ctx: &Ctx) -> Result<i32> {
             None => None,
         };
         tracing::debug!(phase = "lazy-pages daemon listening", "restore");
-        let mut late = criu_in_cgroup
-            .then(|| LateCgroup::start(youki.cgroup_path.clone(), &id, spec, boost.take()));
+        let mut late = cgroup_dirs.as_ref().filter(|_| criu_in_cgroup).map(|cg| {
+            let boost = session
+                .nice()
+                .and_then(|n| SharesBoost::start(cg, n, &resources_of(spec)));
+            LateCgroup::start(youki.cgroup_path.clone(), &id, spec, boost)
+        });
         let mut notify = RestoreNotify {
             console_socket: args.launch.console_socket.as_deref(),
             pid: None,

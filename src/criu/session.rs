@@ -190,6 +190,8 @@ pub struct Session {
     /// CRIU was started with the short slice (asked for, and the kernel
     /// gave it): the tasks it restores inherit it.
     short_slice: bool,
+    /// The nice CRIU was started at, if we changed it (src/sched.rs).
+    nice: Option<i32>,
     cancel: Option<&'static CancelToken>,
     reaped: bool,
     /// [`end`](Session::end) ran.
@@ -338,6 +340,7 @@ impl Session {
         tracing::debug!(%pid, criu = %binary.display(), short_slice, ?nice, "criu swrk started");
         Ok(Session {
             short_slice,
+            nice,
             binary,
             pid,
             pidfd,
@@ -350,18 +353,23 @@ impl Session {
         })
     }
 
-    /// CRIU's process group (= its pid).
-    /// The CRIU binary this session runs.
     /// CRIU runs with the short slice (src/sched.rs), which the tasks it
     /// restores inherit.
     pub fn short_slice(&self) -> bool {
         self.short_slice
     }
 
+    /// The nice CRIU runs at, where it is ours (`criu.nice`, granted).
+    pub fn nice(&self) -> Option<i32> {
+        self.nice
+    }
+
+    /// The CRIU binary this session runs.
     pub fn binary(&self) -> &Path {
         &self.binary
     }
 
+    /// CRIU's process group (= its pid).
     pub fn pgid(&self) -> Pid {
         self.pid
     }
